@@ -1,0 +1,9 @@
+"""EfficientNet for TensorFlow 2 / Keras 3.
+
+    from efficientnet_tf import EfficientNetB0
+    model = EfficientNetB0(weights=None)   # inputs: float pixels in [0, 255]
+"""
+from efficientnet_tf.scaling import compound_scaling, round_filters, round_repeats
+from efficientnet_tf.spec import B0_BLOCKS, VARIANTS, BlockSpec, Variant, get_variant
+
+__version__ = "0.1.0"

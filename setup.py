@@ -1,0 +1,30 @@
+"""efficientnet_tf: EfficientNet for TensorFlow 2 / Keras 3 (train on Cloud TPU, serve with TF Serving)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="efficientnet_tf",
+    version="0.1.0",
+    description="EfficientNet B0-B7 for TensorFlow 2 / Keras 3: model, TPU training, TF Serving export",
+    packages=find_packages(include=["efficientnet_tf", "efficientnet_tf.*"]),
+    package_data={"efficientnet_tf": ["resources/*.json", "configs/*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=[
+        # TPU VMs install the TPU build of TensorFlow instead (see tpu/README.md).
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10,<4",
+        "absl-py>=2.1",
+        "tensorflow-datasets>=4.9",
+        "pyyaml>=6",
+        "numpy>=1.26",
+        "h5py>=3.10",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pillow>=10",
+            "scikit-image>=0.22",
+            "matplotlib>=3.8",
+            "tensorflow-serving-api>=2.21,<2.22",
+        ],
+    },
+)
