@@ -3,6 +3,20 @@
     from efficientnet_tf import EfficientNetB0
     model = EfficientNetB0(weights=None)   # inputs: float pixels in [0, 255]
 """
+from efficientnet_tf.layers import MBConvBlock, Normalize, SqueezeExcite, StochasticDepth
+from efficientnet_tf.model import (
+    EfficientNet,
+    EfficientNetB0,
+    EfficientNetB1,
+    EfficientNetB2,
+    EfficientNetB3,
+    EfficientNetB4,
+    EfficientNetB5,
+    EfficientNetB6,
+    EfficientNetB7,
+    EfficientNetFeatures,
+    feature_endpoints,
+)
 from efficientnet_tf.scaling import compound_scaling, round_filters, round_repeats
 from efficientnet_tf.spec import B0_BLOCKS, VARIANTS, BlockSpec, Variant, get_variant
 

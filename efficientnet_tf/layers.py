@@ -1,0 +1,236 @@
+"""Keras layers of EfficientNet: normalization, squeeze-excite, drop-connect, MBConv.
+
+The model builder (model.py) wires the sub-layers of each MBConv block straight into the
+functional graph, named as Keras Applications names them (block1a_dwconv, block1a_se_reduce,
+...), so `model.get_layer("block6a_expand_activation")` works for feature extraction.
+`MBConvBlock` packs the very same sub-layers into one layer for users composing their own
+networks; both go through `apply_block`, so there is one definition of the block.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+from efficientnet_tf.spec import BlockSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_PACKAGE = "efficientnet_tf"
+
+
+class ConvKernelInitializer(keras.initializers.Initializer):
+    """normal(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels (TPU reference).
+
+    For depthwise kernels [kh, kw, in, multiplier] the reference's fan_out is kh*kw*multiplier.
+    `truncated=True` gives Keras Applications' truncated-normal flavour.
+    """
+
+    def __init__(self, truncated: bool = False, seed=None):
+        self.truncated = truncated
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, _, out = shape
+        stddev = math.sqrt(2.0 / (kh * kw * out))
+        if self.truncated:
+            return keras.random.truncated_normal(shape, stddev=stddev, dtype=dtype, seed=self.seed)
+        return keras.random.normal(shape, stddev=stddev, dtype=dtype, seed=self.seed)
+
+    def get_config(self):
+        return {"truncated": self.truncated, "seed": self.seed}
+
+
+def dense_kernel_initializer(seed=None):
+    # uniform(+-1/sqrt(classes)) as in the reference: VarianceScaling(1/3, fan_out, uniform).
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform", seed=seed)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Normalize(layers.Layer):
+    """(x - mean) / sqrt(variance) per channel; x already scaled to [0, 1].
+
+    Holds mean, variance and count as non-trainable weights in the layout of
+    keras.layers.Normalization, so Keras Applications weight files load into it.
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN, variance=None, **kwargs):
+        super().__init__(**kwargs)
+        self.init_mean = tuple(float(m) for m in mean)
+        if variance is None:
+            variance = tuple(s * s for s in IMAGENET_STD)
+        self.init_variance = tuple(float(v) for v in variance)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        if channels != len(self.init_mean):
+            raise ValueError(f"Normalize got {channels} channels but {len(self.init_mean)} means.")
+        self.mean = self.add_weight(
+            name="mean", shape=(channels,), trainable=False,
+            initializer=keras.initializers.Constant(self.init_mean))
+        self.variance = self.add_weight(
+            name="variance", shape=(channels,), trainable=False,
+            initializer=keras.initializers.Constant(self.init_variance))
+        self.count = self.add_weight(name="count", shape=(), dtype="int64", trainable=False,
+                                     initializer="zeros")
+
+    def call(self, inputs):
+        mean = ops.cast(self.mean, inputs.dtype)
+        std = ops.cast(ops.sqrt(self.variance), inputs.dtype)
+        return (inputs - mean) / ops.maximum(std, 1e-7)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": list(self.init_mean), "variance": list(self.init_variance)}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class StochasticDepth(layers.Layer):
+    """Drop-connect as in the paper's code: drops the whole residual branch per sample.
+
+    Training: each sample's branch is kept with probability 1 - rate and kept samples are
+    divided by (1 - rate). Inference: identity.
+    """
+
+    def __init__(self, rate: float, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-connect rate must be in [0, 1), got {rate}.")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        noise = keras.random.uniform(shape, dtype="float32", seed=self.seed_generator)
+        mask = ops.cast(ops.floor(keep + noise), inputs.dtype)
+        return inputs / ops.cast(keep, inputs.dtype) * mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def _se_layers(filters: int, reduced: int, prefix: str, kernel_init) -> dict:
+    return {
+        "squeeze": layers.GlobalAveragePooling2D(keepdims=True, name=prefix + "se_squeeze"),
+        "reduce": layers.Conv2D(reduced, 1, padding="same", activation="swish",
+                                kernel_initializer=kernel_init, name=prefix + "se_reduce"),
+        "expand": layers.Conv2D(filters, 1, padding="same", activation="sigmoid",
+                                kernel_initializer=kernel_init, name=prefix + "se_expand"),
+        "excite": layers.Multiply(name=prefix + "se_excite"),
+    }
+
+
+def _apply_se(se: dict, x):
+    s = se["squeeze"](x)
+    s = se["reduce"](s)
+    s = se["expand"](s)
+    return se["excite"]([x, s])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SqueezeExcite(layers.Layer):
+    """Squeeze-and-excitation: x * sigmoid(W2 swish(W1 avgpool(x)))."""
+
+    def __init__(self, filters: int, reduced_filters: int, truncated_init: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.reduced_filters = int(reduced_filters)
+        self.truncated_init = truncated_init
+        self.se = _se_layers(self.filters, self.reduced_filters, "",
+                             ConvKernelInitializer(truncated_init))
+
+    def call(self, inputs):
+        return _apply_se(self.se, inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "reduced_filters": self.reduced_filters, "truncated_init": self.truncated_init}
+
+
+def block_layers(spec: BlockSpec, prefix: str, drop_rate: float, bn_momentum: float = 0.99,
+                 bn_epsilon: float = 1e-3, truncated_init: bool = False) -> dict:
+    """The sub-layers of one MBConv block (spec already width-scaled), Keras-Applications names."""
+    init = ConvKernelInitializer(truncated_init)
+    filters = spec.filters_in * spec.expand_ratio
+
+    def bn(name):
+        return layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=prefix + name)
+
+    out: dict = {}
+    if spec.expand_ratio != 1:
+        out["expand_conv"] = layers.Conv2D(filters, 1, padding="same", use_bias=False,
+                                           kernel_initializer=init, name=prefix + "expand_conv")
+        out["expand_bn"] = bn("expand_bn")
+        out["expand_activation"] = layers.Activation("swish", name=prefix + "expand_activation")
+    # padding="same" is TensorFlow's 'SAME' (asymmetric on stride 2, exact for any input size).
+    out["dwconv"] = layers.DepthwiseConv2D(spec.kernel_size, spec.strides, padding="same",
+                                           use_bias=False, depthwise_initializer=init,
+                                           name=prefix + "dwconv")
+    out["bn"] = bn("bn")
+    out["activation"] = layers.Activation("swish", name=prefix + "activation")
+    if 0 < spec.se_ratio <= 1:
+        reduced = max(1, int(spec.filters_in * spec.se_ratio))
+        out["se"] = _se_layers(filters, reduced, prefix, init)
+    out["project_conv"] = layers.Conv2D(spec.filters_out, 1, padding="same", use_bias=False,
+                                        kernel_initializer=init, name=prefix + "project_conv")
+    out["project_bn"] = bn("project_bn")
+    if spec.strides == 1 and spec.filters_in == spec.filters_out:
+        if drop_rate > 0:
+            out["drop"] = StochasticDepth(drop_rate, name=prefix + "drop")
+        out["add"] = layers.Add(name=prefix + "add")
+    return out
+
+
+def apply_block(blk: dict, inputs, training=None):
+    """Runs the layers made by block_layers on inputs (KerasTensor or tensor)."""
+    x = inputs
+    if "expand_conv" in blk:
+        x = blk["expand_activation"](blk["expand_bn"](blk["expand_conv"](x), training=training))
+    x = blk["activation"](blk["bn"](blk["dwconv"](x), training=training))
+    if "se" in blk:
+        x = _apply_se(blk["se"], x)
+    x = blk["project_bn"](blk["project_conv"](x), training=training)
+    if "add" in blk:
+        if "drop" in blk:
+            x = blk["drop"](x, training=training)
+        x = blk["add"]([x, inputs])
+    return x
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MBConvBlock(layers.Layer):
+    """Mobile inverted bottleneck: expand 1x1 -> depthwise kxk -> SE -> project 1x1 (+ skip).
+
+    Identity skip (with drop-connect) only when stride 1 and filters_in == filters_out.
+    """
+
+    def __init__(self, filters_in: int, filters_out: int, kernel_size: int = 3, strides: int = 1,
+                 expand_ratio: int = 6, se_ratio: float = 0.25, drop_rate: float = 0.0,
+                 bn_momentum: float = 0.99, bn_epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = BlockSpec(1, kernel_size, strides, expand_ratio, filters_in, filters_out, se_ratio)
+        self.drop_rate = float(drop_rate)
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.blk = block_layers(self.spec, "", self.drop_rate, bn_momentum, bn_epsilon)
+
+    def call(self, inputs, training=None):
+        return apply_block(self.blk, inputs, training=training)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.spec.strides
+        ceil = lambda d: None if d is None else -(-d // s)  # noqa: E731  TF 'SAME': ceil(d / s)
+        return (b, ceil(h), ceil(w), self.spec.filters_out)
+
+    def get_config(self):
+        s = self.spec
+        return {**super().get_config(), "filters_in": s.filters_in, "filters_out": s.filters_out,
+                "kernel_size": s.kernel_size, "strides": s.strides, "expand_ratio": s.expand_ratio,
+                "se_ratio": s.se_ratio, "drop_rate": self.drop_rate,
+                "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon}
