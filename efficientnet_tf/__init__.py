@@ -21,3 +21,4 @@ from efficientnet_tf.scaling import compound_scaling, round_filters, round_repea
 from efficientnet_tf.spec import B0_BLOCKS, VARIANTS, BlockSpec, Variant, get_variant
 
 __version__ = "0.1.0"
+from efficientnet_tf.profile import model_profile

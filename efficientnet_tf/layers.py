@@ -17,10 +17,10 @@ from efficientnet_tf.spec import BlockSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
 _PACKAGE = "efficientnet_tf"
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class ConvKernelInitializer(keras.initializers.Initializer):
     """normal(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels (TPU reference).
 

@@ -219,4 +219,4 @@ def EfficientNetFeatures(model: keras.Model, endpoints=None) -> keras.Model:
     if unknown:
         raise ValueError(f"Unknown endpoints {unknown}; available: {list(ends)}.")
     outputs = {e: model.get_layer(ends[e]).output for e in endpoints}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")

@@ -1,0 +1,243 @@
+"""Model core: exact architecture, TF 'SAME' padding, drop-connect, scaling, serialization."""
+import math
+import re
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import efficientnet_tf as en
+from efficientnet_tf.model import scaled_blocks
+
+# Params of keras.applications 3.15 (weights=None, default size, with top), REFERENCE.md.
+KERAS_PARAMS = {
+    "b0": 5_330_571, "b1": 7_856_239, "b2": 9_177_569, "b3": 12_320_535,
+    "b4": 19_466_823, "b5": 30_562_527, "b6": 43_265_143, "b7": 66_658_687,
+}
+PAPER_GMACS = {"b0": 0.39, "b1": 0.70, "b2": 1.0, "b3": 1.8, "b4": 4.2, "b5": 9.9, "b6": 19, "b7": 37}
+
+
+def tiny(**kw):
+    kw.setdefault("input_shape", (32, 32, 3))
+    kw.setdefault("classes", 10)
+    return en.EfficientNet(0.25, 0.34, 32, **kw)
+
+
+def test_param_counts_and_macs_match_reference_for_all_variants():
+    for key, params in KERAS_PARAMS.items():
+        model = getattr(en, f"EfficientNet{key.upper()}")()
+        prof = en.model_profile(model)
+        assert prof["params"] == params, key
+        assert model.input_shape == (None, en.VARIANTS[key].resolution, en.VARIANTS[key].resolution, 3)
+        # The paper rounds to 2 significant digits.
+        assert prof["macs"] / 1e9 == pytest.approx(PAPER_GMACS[key], rel=0.06), key
+        keras.backend.clear_session()
+
+
+def test_weights_layout_identical_to_keras_applications():
+    ours = en.EfficientNetB0()
+    theirs = keras.applications.EfficientNetB0(weights=None)
+    assert {_path(w): tuple(w.shape) for w in ours.weights} == {
+        _path(w): tuple(w.shape) for w in theirs.weights}
+    for name in ("stem_conv", "block1a_dwconv", "block6a_expand_activation", "top_conv", "predictions"):
+        ours.get_layer(name)
+
+
+def _path(w):  # keras numbers repeated layer names: normalization_1/mean
+    return re.sub(r"^normalization(_\d+)?/", "normalization/", w.path)
+
+
+def copy_from_keras(ours, theirs):
+    by_path = {_path(w): w for w in theirs.weights}
+    for w in ours.weights:
+        w.assign(by_path[_path(w)])
+
+
+def test_same_outputs_as_keras_applications_with_same_weights():
+    theirs = keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3), classes=7)
+    rng = np.random.default_rng(0)
+    for w in theirs.weights:  # non-trivial BN statistics and normalization
+        if "normalization" in w.path and w.path.endswith("count"):
+            continue
+        v = rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path else rng.normal(0, 0.2, w.shape)
+        w.assign(v.astype(w.dtype))
+    ours = en.EfficientNetB0(input_shape=(64, 64, 3), classes=7)
+    copy_from_keras(ours, theirs)
+    x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(ours(x, training=False), theirs(x, training=False), atol=2e-6)
+
+
+def test_tf_same_padding_on_odd_and_unknown_sizes():
+    static = en.EfficientNetB0(include_top=False, input_shape=(225, 225, 3))
+    dynamic = en.EfficientNetB0(include_top=False, input_shape=(None, None, 3))
+    dynamic.set_weights(static.get_weights())
+    # TF 'SAME' on stride 2: ceil(n / 2) at every reduction.
+    assert static.output_shape == (None, 8, 8, 1280)
+    for name, size in (("stem_activation", 113), ("block2a_activation", 57), ("block3a_activation", 29),
+                       ("block4a_activation", 15), ("block6a_activation", 8)):
+        assert static.get_layer(name).output.shape[1:3] == (size, size), name
+    x = np.random.default_rng(1).uniform(0, 255, (1, 225, 225, 3)).astype("float32")
+    out = dynamic(x, training=False)
+    assert out.shape == (1, 8, 8, 1280)
+    np.testing.assert_allclose(out, static(x, training=False), atol=1e-5)
+    # The stem conv is exactly tf.nn.conv2d(padding="SAME") of the normalized input.
+    stem = keras.Model(static.input, static.get_layer("stem_conv").output)
+    normed = keras.Model(static.input, static.get_layer("normalization").output)(x)
+    ref = tf.nn.conv2d(normed, static.get_layer("stem_conv").kernel, 2, "SAME")
+    np.testing.assert_allclose(stem(x), ref, atol=1e-5)
+
+
+def test_drop_connect_rates_grow_linearly():
+    blocks = scaled_blocks(en.B0_BLOCKS, 1.0, 1.0, 0.2)
+    assert len(blocks) == 16
+    rates = [r for _, _, r in blocks]
+    assert rates[0] == 0.0
+    np.testing.assert_allclose(rates, [0.2 * i / 16 for i in range(16)])
+    model = en.EfficientNetB0()
+    drops = {layer.name: layer.rate for layer in model.layers if isinstance(layer, en.StochasticDepth)}
+    # Only blocks with an identity skip carry drop-connect.
+    assert drops["block2b_drop"] == pytest.approx(0.2 * 2 / 16)
+    assert "block2a_drop" not in drops and "block1a_drop" not in drops
+    assert drops["block6d_drop"] == pytest.approx(0.2 * 14 / 16)
+
+
+def test_block_structure_and_se_width():
+    model = en.EfficientNetB2()
+    names = {layer.name for layer in model.layers}
+    assert "block1a_expand_conv" not in names  # expand ratio 1 has no expansion
+    # SE reduces to int(block INPUT filters * 0.25), not expanded filters * 0.25.
+    for prefix, spec, _ in scaled_blocks(en.B0_BLOCKS, 1.1, 1.2, 0.2):
+        reduce_ = model.get_layer(prefix + "se_reduce")
+        assert reduce_.filters == max(1, int(spec.filters_in * 0.25))
+        assert model.get_layer(prefix + "se_expand").filters == spec.filters_in * spec.expand_ratio
+        assert (prefix + "add" in names) == (spec.strides == 1 and spec.filters_in == spec.filters_out)
+    assert model.get_layer("stem_conv").filters == 32 and model.get_layer("top_conv").filters == 1408
+
+
+def test_stochastic_depth_per_sample_and_identity_at_inference():
+    layer = en.StochasticDepth(0.25, seed=3)
+    x = tf.ones((4000, 2, 2, 3))
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    y = layer(x, training=True).numpy()
+    per_sample = y.reshape(4000, -1)
+    # Each sample is dropped whole or kept and scaled by 1 / keep.
+    assert set(np.unique(per_sample)) <= {0.0, np.float32(1 / 0.75)}
+    assert np.all(per_sample.min(1) == per_sample.max(1))
+    assert per_sample[:, 0].mean() == pytest.approx(1.0, abs=0.05)
+    kept = (per_sample[:, 0] > 0).mean()
+    assert kept == pytest.approx(0.75, abs=0.03)
+    with pytest.raises(ValueError, match="rate"):
+        en.StochasticDepth(1.0)
+
+
+def test_model_save_and_load_without_custom_objects(tmp_path):
+    model = tiny(drop_connect_rate=0.3)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-6)
+
+
+def test_mbconv_layer_is_serializable_and_matches_functional_block():
+    blk = en.MBConvBlock(16, 16, kernel_size=5, strides=1, expand_ratio=6, drop_rate=0.1, name="mb")
+    inp = keras.Input((9, 9, 16))
+    model = keras.Model(inp, blk(inp))
+    cfg = blk.get_config()
+    clone = en.MBConvBlock.from_config(cfg)
+    clone(inp)
+    clone.set_weights(blk.get_weights())
+    x = np.random.default_rng(4).normal(size=(2, 9, 9, 16)).astype("float32")
+    np.testing.assert_allclose(clone(x, training=False), model(x, training=False), atol=1e-6)
+    strided = en.MBConvBlock(16, 24, strides=2)
+    assert strided(keras.Input((9, 9, 16))).shape == (None, 5, 5, 24)
+    se = en.SqueezeExcite(16, 4)
+    assert se(x).shape == x.shape
+    assert en.SqueezeExcite.from_config(se.get_config()).reduced_filters == 4
+
+
+def test_mixed_bfloat16_keeps_float32_outputs():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = tiny(classifier_activation=None)
+        assert model.get_layer("stem_conv").compute_dtype == "bfloat16"
+        out = model(np.zeros((1, 32, 32, 3), "float32"))
+        assert out.dtype == tf.float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_feature_endpoints_follow_the_reference():
+    model = en.EfficientNetB0(include_top=False, input_shape=(224, 224, 3))
+    ends = en.feature_endpoints(model)
+    assert ends == {"reduction_1": "block1a_project_bn", "reduction_2": "block2b_add",
+                    "reduction_3": "block3b_add", "reduction_4": "block5c_add",
+                    "reduction_5": "block7a_project_bn"}
+    feats = en.EfficientNetFeatures(model)
+    x = np.zeros((1, 224, 224, 3), "float32")
+    out = feats(x)
+    assert [out[f"reduction_{i}"].shape[1] for i in range(1, 6)] == [112, 56, 28, 14, 7]
+    with pytest.raises(ValueError, match="available"):
+        en.EfficientNetFeatures(model, ["reduction_9"])
+
+
+def test_compound_scaling():
+    cs = en.compound_scaling(1)
+    assert (cs.depth_coefficient, cs.width_coefficient) == pytest.approx((1.2, 1.1))
+    assert cs.resolution == 256  # 224 * 1.15 = 257.6, to a multiple of 8
+    assert cs.flops_multiplier == pytest.approx(1.2 * 1.1**2 * 1.15**2)
+    neg = en.compound_scaling(-2)
+    assert neg.depth_coefficient == pytest.approx(1.2**-2) and neg.resolution == 168
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        en.compound_scaling(3)  # 1.92 is within 10% of 2: no warning
+        with pytest.raises(UserWarning, match="near 2"):
+            en.compound_scaling(1, alpha=2.0)
+    with pytest.raises(ValueError, match="near 2"):
+        en.compound_scaling(1, alpha=1.0, beta=1.0, gamma=1.0, strict=True)
+    with pytest.raises(ValueError, match=">= 1"):
+        en.compound_scaling(1, alpha=0.9)
+    model = en.EfficientNet(phi=-1, classes=10)
+    assert model.input_shape == (None, 192, 192, 3)
+    assert model.get_layer("stem_conv").filters == en.round_filters(32, 1.1**-1)
+
+
+def test_round_filters_keeps_the_ten_percent_rule():
+    assert en.round_filters(32, 2.0) == 64 and en.round_filters(1280, 2.0) == 2560
+    # 0.5 * 24 = 12 -> int(16) // 8 * 8 = 16 ; 0.5 * 40 = 20 -> 24.
+    assert en.round_filters(24, 0.5) == 16
+    # 0.45 * 40 = 18 -> 16 < 0.9 * 18 = 16.2 -> bumped to 24 by the 10% rule.
+    assert en.round_filters(40, 0.45) == 24
+    assert en.round_filters(1, 0.1) == 8
+    assert en.round_repeats(3, 1.1) == 4 and en.round_repeats(1, 3.1) == 4
+
+
+def test_clear_errors_for_bad_arguments():
+    with pytest.raises(ValueError, match="b0, .*b7|efficientnet-b0"):
+        en.get_variant("b9")
+    assert en.get_variant("EfficientNet-B3").resolution == 300
+    with pytest.raises(ValueError, match="3 RGB channels"):
+        en.EfficientNetB0(input_shape=(224, 224, 1))
+    with pytest.raises(ValueError, match="at least 32"):
+        en.EfficientNetB0(include_top=False, input_shape=(16, 16, 3))
+    with pytest.raises(ValueError, match="classes=1000"):
+        en.EfficientNetB0(weights="imagenet", classes=10)
+    with pytest.raises(ValueError, match="not found"):
+        en.EfficientNetB0(weights="/nonexistent/file.h5")
+    with pytest.raises(ValueError, match="pooling"):
+        en.EfficientNetB0(include_top=False, pooling="median")
+    with pytest.raises(ValueError, match="phi"):
+        en.EfficientNet(1.0, 1.0, phi=1)
+
+
+def test_initializers_follow_reference_fan_out():
+    model = tiny(input_shape=(32, 32, 3))
+    kernel = model.get_layer("top_conv").kernel.numpy()  # 1x1, out = 320 at width 0.25
+    std = math.sqrt(2.0 / (1 * 1 * kernel.shape[-1]))
+    assert kernel.std() == pytest.approx(std, rel=0.05)
+    dw = model.get_layer("block2a_dwconv").kernel.numpy()  # depthwise: fan_out = k*k*1
+    assert dw.std() == pytest.approx(math.sqrt(2.0 / 9), rel=0.15)
+    dense = model.get_layer("predictions").kernel.numpy()
+    assert np.abs(dense).max() <= 1 / math.sqrt(10) + 1e-6
