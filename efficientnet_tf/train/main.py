@@ -1,0 +1,145 @@
+"""The training job: `python -m efficientnet_tf.train --model_name=efficientnet-b0 ...`.
+
+Flags are defined only when this runs as a program (define_flags() from __main__.py), so the
+library never reads global flags: main() turns them into a TrainConfig and calls the library.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    f = flags
+    f.DEFINE_string("tpu", None, "TPU name, or 'local' on a TPU VM. Implies --strategy=tpu.")
+    f.DEFINE_string("tpu_zone", None, "GCE zone of the TPU (with --tpu).")
+    f.DEFINE_string("gcp_project", None, "GCP project of the TPU (with --tpu).")
+    f.DEFINE_enum("strategy", "default",
+                  ["tpu", "multi_worker_mirrored", "mirrored", "one_device", "default"],
+                  "Distribution strategy.")
+    f.DEFINE_string("model_name", None, "efficientnet-b0 .. efficientnet-b7: loads configs/<name>.yaml.")
+    f.DEFINE_string("config", None, "A YAML config (path, or a name in configs/). Default: --model_name.")
+    f.DEFINE_string("data_dir", None, "TFRecord directory (train-*, validation-*) or tfds:<name>.")
+    f.DEFINE_string("model_dir", None, "Checkpoints, summaries, config.yaml. Required.")
+    f.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run.")
+    f.DEFINE_integer("train_steps", None, "Total training steps (overrides epochs).")
+    f.DEFINE_float("epochs", None, "Training epochs.")
+    f.DEFINE_integer("train_batch_size", None, "Global training batch size.")
+    f.DEFINE_integer("eval_batch_size", None, "Global evaluation batch size.")
+    f.DEFINE_integer("steps_per_execution", None, "Steps per device loop (iterations_per_loop).")
+    f.DEFINE_integer("num_label_classes", None, "Number of classes.")
+    f.DEFINE_string("augment_name", None, "autoaugment | randaugment | none.")
+    f.DEFINE_bool("use_bfloat16", None, "bfloat16 activations (float32 logits and loss).")
+    f.DEFINE_bool("use_synthetic_data", False, "Random data of the right shapes (step throughput).")
+    f.DEFINE_string("export_dir", None, "Export a SavedModel here at the end of training.")
+    f.DEFINE_float("eval_every_epochs", None, "Evaluate during train_and_eval every N epochs.")
+    f.DEFINE_integer("eval_timeout", 3600, "--mode=eval: stop after this many seconds without a "
+                     "new checkpoint.")
+    f.DEFINE_bool("jit_compile", False, "XLA-compile the train step (always on TPU).")
+    f.DEFINE_multi_string("override", [], "Config overrides, e.g. --override=optimizer.lr=0.1.")
+
+
+def resolve_config(argv_flags) -> "object":
+    """Config file -> flag values -> --override, validated."""
+    from efficientnet_tf.train import config as cfglib
+
+    name = argv_flags.config or argv_flags.model_name
+    if not name:
+        raise ValueError("Give --model_name (efficientnet-b0 .. b7) or --config (a YAML path or "
+                         "a name in configs/, e.g. fashion_mnist).")
+    config = cfglib.load_config(name)
+    overrides = []
+    mapping = {
+        "model_name": "model.model_name", "data_dir": "data.data_dir",
+        "train_steps": "train_steps", "epochs": "epochs",
+        "train_batch_size": "train_batch_size", "eval_batch_size": "eval_batch_size",
+        "steps_per_execution": "steps_per_execution", "num_label_classes": "model.num_classes",
+        "augment_name": "data.augment_name", "use_bfloat16": "use_bfloat16",
+    }
+    for flag, key in mapping.items():
+        value = getattr(argv_flags, flag)
+        if value is not None and not (flag == "model_name" and argv_flags.config is None):
+            overrides.append(f"{key}={value}")
+    if argv_flags.use_synthetic_data:
+        overrides.append("data.synthetic=true")
+    config = cfglib.apply_overrides(config, overrides + list(argv_flags.override))
+    if config.model.num_classes != config.data.num_classes:
+        config = cfglib.apply_overrides(config, [f"data.num_classes={config.model.num_classes}"])
+    return config
+
+
+def main(argv):
+    del argv
+    try:
+        run()
+    except ValueError as e:
+        print(f"efficientnet_tf.train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    from efficientnet_tf.train import config as cfglib
+    from efficientnet_tf.train.strategy import make_strategy
+
+    if not FLAGS.model_dir:
+        raise ValueError("--model_dir is required (local path or gs://bucket/path).")
+    config = resolve_config(FLAGS)
+    if config.data.synthetic is False and not config.data.data_dir:
+        raise ValueError("--data_dir is required (TFRecords from python -m efficientnet_tf.data.convert, "
+                         "or tfds:<name>), or pass --use_synthetic_data to measure throughput.")
+    strategy = make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone, FLAGS.gcp_project)
+    from efficientnet_tf.train.loop import Trainer
+
+    trainer = Trainer(config, FLAGS.model_dir, strategy,
+                      jit_compile=FLAGS.jit_compile, log=logging.info if not sys.stdout.isatty() else print)
+    cfglib.save_config(config, FLAGS.model_dir)
+    if FLAGS.mode == "eval":
+        from efficientnet_tf.train.evaluate import continuous_eval
+
+        continuous_eval(trainer, timeout=FLAGS.eval_timeout)
+        return
+    eval_every = None
+    if FLAGS.mode == "train_and_eval":
+        epochs = FLAGS.eval_every_epochs or max(1.0, (config.epochs or 1) / 10)
+        eval_every = max(1, int(epochs * trainer.steps_per_epoch))
+    trainer.train(eval_every_steps=eval_every)
+    from efficientnet_tf.train.evaluate import plot_history
+
+    plot_history(FLAGS.model_dir)
+    if FLAGS.mode == "train_and_eval":
+        result = trainer.evaluate()
+        print(f"Final eval (EMA={result['ema']}): top-1 {result['top1']:.4f} top-5 "
+              f"{result['top5']:.4f} on {result['examples']} images")
+    if FLAGS.export_dir:
+        from efficientnet_tf.export import export_saved_model
+
+        with trainer.ema_weights():
+            path = export_saved_model(trainer.model, FLAGS.export_dir,
+                                      image_size=config.data.image_size,
+                                      crop_padding=config.data.crop_padding,
+                                      resize_method=config.data.resize_method,
+                                      outputs_are_logits=True,
+                                      label_names=_label_names(config.data.data_dir))
+        print(f"Exported {'EMA' if trainer.ema else 'raw'} weights to {path}")
+
+
+def _label_names(data_dir):
+    from efficientnet_tf.data import convert
+
+    try:
+        return convert.read_label_names(data_dir)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def entry():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    entry()
