@@ -1,0 +1,245 @@
+"""tf.data input pipeline for training and evaluation, ready for tf.distribute.
+
+    config = DataConfig(data_dir="gs://bucket/imagenet", image_size=224, image_dtype="bfloat16")
+    ds = strategy.distribute_datasets_from_function(
+        lambda ctx: build_dataset(config, "train", global_batch, input_context=ctx))
+
+Sources: TFRecords in the imagenet_to_gcs format (see tfrecord.py and convert.py), a prepared
+tensorflow-datasets data dir (data_dir="tfds:<name>" or "tfds:<name>:<tfds_data_dir>"), or
+synthetic random data (synthetic=True) for measuring step time without any files.
+Pixels come out in [0, 255]; normalization is in the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import tensorflow as tf
+
+from efficientnet_tf.data import preprocessing, tfrecord
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_DTYPES = {"uint8": tf.uint8, "float32": tf.float32, "bfloat16": tf.bfloat16}
+AUGMENTS = (None, "autoaugment", "randaugment")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    data_dir: str = ""
+    image_size: int = 224
+    num_classes: int = 1000
+    label_offset: int = 1  # subtracted from stored labels (ImageNet files are 1-based); not used for tfds
+    train_file_pattern: str = "train-*"
+    eval_file_pattern: str = "validation-*"
+    shuffle_buffer: int = 1024
+    cache: bool = False  # cache the serialized records in memory (small data sets)
+    deterministic: bool = False  # fixed element order; with `seed`, also reproducible crops/flips
+    seed: int | None = None
+    image_dtype: str = "float32"  # "uint8" | "float32" | "bfloat16"
+    augment_name: str | None = None  # None | "autoaugment" | "randaugment"
+    randaug_num_layers: int = 2
+    randaug_magnitude: float = 10.0
+    crop_padding: int = preprocessing.DEFAULT_CROP_PADDING
+    resize_method: str = "bicubic_tf1"
+    num_parallel_calls: int = AUTOTUNE
+    cycle_length: int = 16  # files read in parallel
+    eval_drop_remainder: bool = False
+    synthetic: bool = False  # random pixels and labels, no files read
+    synthetic_examples: int = 1024  # examples per epoch of the synthetic data
+    tfds_train_split: str = "train"
+    tfds_eval_split: str = "validation"
+    tfds_image_key: str = "image"
+    tfds_label_key: str = "label"
+
+    def __post_init__(self):
+        if self.image_dtype not in IMAGE_DTYPES:
+            raise ValueError(f"image_dtype {self.image_dtype!r} is not one of {list(IMAGE_DTYPES)}")
+        if self.augment_name not in AUGMENTS:
+            raise ValueError(f"augment_name {self.augment_name!r} is not one of {AUGMENTS}")
+        if self.resize_method not in preprocessing.RESIZE_METHODS:
+            raise ValueError(f"resize_method {self.resize_method!r} is not one of "
+                             f"{preprocessing.RESIZE_METHODS}")
+        if self.image_size <= 0 or self.num_classes <= 0:
+            raise ValueError("image_size and num_classes must be positive")
+        if not self.synthetic and not self.data_dir:
+            raise ValueError("DataConfig needs data_dir (TFRecord folder or 'tfds:<name>') "
+                             "or synthetic=True")
+
+
+def _split(split: str) -> str:
+    if split == "train":
+        return "train"
+    if split in ("validation", "eval", "val", "test"):
+        return "validation"
+    raise ValueError(f"split must be 'train' or 'validation'/'eval', got {split!r}")
+
+
+def _tfds_name_and_dir(data_dir: str) -> tuple[str, str | None]:
+    name, _, tfds_dir = data_dir[len("tfds:"):].partition(":")
+    return name, tfds_dir or None
+
+
+def list_files(config: DataConfig, split: str) -> list[str]:
+    """Sorted TFRecord files of a split; ValueError naming pattern and folder when none match."""
+    pattern = config.train_file_pattern if _split(split) == "train" else config.eval_file_pattern
+    files = sorted(tf.io.gfile.glob(os.path.join(config.data_dir, pattern)))
+    if not files:
+        raise ValueError(
+            f"no {split} files match {pattern!r} in {config.data_dir!r}. Make TFRecords with "
+            f"`python -m efficientnet_tf.data.convert --output_dir={config.data_dir} "
+            "(--train_dir=... | --idx_dir=...)`, set the file pattern, use data_dir='tfds:<name>' "
+            "or synthetic=True.")
+    return files
+
+
+def _tfrecord_source(config, split, is_train, input_context) -> tf.data.Dataset:
+    """(encoded image, int32 label) per record, file-sharded per input pipeline."""
+    files = list_files(config, split)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    record_shard = False
+    if input_context and input_context.num_input_pipelines > 1:
+        if len(files) >= input_context.num_input_pipelines:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        else:
+            record_shard = True  # too few files: every pipeline reads all, keeps its share
+    if is_train:
+        ds = ds.shuffle(len(files), seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+                       cycle_length=min(config.cycle_length, len(files)),
+                       num_parallel_calls=AUTOTUNE,
+                       deterministic=config.deterministic or not is_train)
+    if record_shard:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+    def parse(serialized):
+        features = tfrecord.parse_example(serialized)
+        label = tf.cast(features[tfrecord.LABEL], tf.int32) - config.label_offset
+        return features[tfrecord.ENCODED], label
+    return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic or not is_train)
+
+
+def _tfds_source(config, split, is_train, input_context) -> tf.data.Dataset:
+    """(encoded image, int32 label) from a prepared TFDS data dir; images are not decoded here."""
+    import tensorflow_datasets as tfds
+    name, tfds_dir = _tfds_name_and_dir(config.data_dir)
+    builder = tfds.builder(name, data_dir=tfds_dir)
+    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=config.seed,
+                                  interleave_cycle_length=config.cycle_length, try_autocache=False)
+    ds = builder.as_dataset(
+        split=config.tfds_train_split if is_train else config.tfds_eval_split,
+        shuffle_files=is_train, read_config=read_config,
+        decoders={config.tfds_image_key: tfds.decode.SkipDecoding()})
+    image_key, label_key = config.tfds_image_key, config.tfds_label_key
+    return ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)),
+                  num_parallel_calls=AUTOTUNE)
+
+
+def _synthetic(config, batch, input_context, repeat) -> tf.data.Dataset:
+    """One random batch repeated (like the reference's fake_imagenet): measures the model, not I/O."""
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    seed = tf.constant([config.seed or 0, pipeline], tf.int64)
+    s = config.image_size
+    images = tf.random.stateless_uniform([batch, s, s, 3], seed, 0, 256, dtype=tf.int32)
+    labels = tf.random.stateless_uniform([batch], seed + 1, 0, config.num_classes, dtype=tf.int32)
+    images = tf.cast(images, IMAGE_DTYPES[config.image_dtype])
+    ds = tf.data.Dataset.from_tensors((images, labels))
+    return ds.repeat() if repeat else ds.repeat(max(1, math.ceil(config.synthetic_examples / batch)))
+
+
+def _check_labels(label, num_classes):
+    msg = ("label out of range [0, num_classes): check DataConfig.label_offset (1 for ImageNet-style "
+           "1-based labels, 0 for 0-based ones) and num_classes")
+    with tf.control_dependencies([tf.debugging.assert_non_negative(label, message=msg),
+                                  tf.debugging.assert_less(label, num_classes, message=msg)]):
+        return tf.identity(label)
+
+
+def _to_dtype(images: tf.Tensor, dtype: str) -> tf.Tensor:
+    if dtype == "uint8":
+        return tf.cast(tf.round(images), tf.uint8)
+    return tf.cast(images, IMAGE_DTYPES[dtype])
+
+
+def build_dataset(config: DataConfig, split: str, batch_size: int,
+                  input_context: tf.distribute.InputContext | None = None,
+                  repeat: bool | None = None, drop_remainder: bool | None = None) -> tf.data.Dataset:
+    """Batches of (images [b, s, s, 3] of config.image_dtype, labels int32 [b]).
+
+    batch_size is the global batch when input_context is given (per replica:
+    input_context.get_per_replica_batch_size). Train: shuffled, repeated, drop_remainder=True
+    (static shapes for TPU). Eval: fixed order, one pass, drop_remainder=config.eval_drop_remainder.
+    """
+    is_train = _split(split) == "train"
+    repeat = is_train if repeat is None else repeat
+    if drop_remainder is None:
+        drop_remainder = True if is_train else config.eval_drop_remainder
+    batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
+    if batch <= 0:
+        raise ValueError(f"batch size per replica must be positive, got {batch}")
+    if config.synthetic:
+        return _synthetic(config, batch, input_context, repeat)
+
+    if config.data_dir.startswith("tfds:"):
+        ds = _tfds_source(config, split, is_train, input_context)
+    else:
+        ds = _tfrecord_source(config, split, is_train, input_context)
+    if config.cache:
+        ds = ds.cache()
+    seed = config.seed
+    if seed is not None and input_context is not None:
+        seed += 1000003 * input_context.input_pipeline_id  # different stream per pipeline
+    if is_train:
+        ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    size = config.image_size
+    if is_train:
+        stateless = config.deterministic and seed is not None
+        if stateless:  # one seed pair per element: reproducible crops and flips
+            ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed).batch(2)))
+            ds = ds.map(lambda pair, s: (pair[0], pair[1], s))
+
+        def preprocess(image, label, elem_seed=None):
+            image = preprocessing.preprocess_for_train(
+                image, size, config.augment_name, config.randaug_num_layers,
+                config.randaug_magnitude, config.resize_method, seed=elem_seed)
+            return _to_dtype(image, config.image_dtype), _check_labels(label, config.num_classes)
+    else:
+        def preprocess(image, label):
+            image = preprocessing.preprocess_for_eval(image, size, config.crop_padding,
+                                                      config.resize_method)
+            return _to_dtype(image, config.image_dtype), _check_labels(label, config.num_classes)
+
+    deterministic = config.deterministic or not is_train
+    ds = ds.map(preprocess, num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)
+    ds = ds.batch(batch, drop_remainder=drop_remainder)
+    ds = ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_optimization.map_parallelization = True
+    return ds.with_options(options)
+
+
+def count_examples(config: DataConfig, split: str) -> int:
+    """Examples in a split: dataset_info.json from the converter, TFDS metadata, or a record count."""
+    is_train = _split(split) == "train"
+    if config.synthetic:
+        return config.synthetic_examples
+    if config.data_dir.startswith("tfds:"):
+        import tensorflow_datasets as tfds
+        name, tfds_dir = _tfds_name_and_dir(config.data_dir)
+        info = tfds.builder(name, data_dir=tfds_dir).info
+        return info.splits[config.tfds_train_split if is_train else config.tfds_eval_split].num_examples
+    pattern = config.train_file_pattern if is_train else config.eval_file_pattern
+    info_path = os.path.join(config.data_dir, "dataset_info.json")
+    if tf.io.gfile.exists(info_path):
+        with tf.io.gfile.GFile(info_path) as f:
+            splits = json.load(f).get("splits", {})
+        for entry in splits.values():
+            if entry.get("file_pattern") == pattern:
+                return int(entry["num_examples"])
+    ds = tf.data.TFRecordDataset(list_files(config, split))
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
