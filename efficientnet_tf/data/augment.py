@@ -1,0 +1,223 @@
+"""AutoAugment (policy v0) and RandAugment as the EfficientNet TPU reference applies them.
+
+Core TensorFlow only; everything runs in graph mode inside tf.data map. Input and output are
+uint8 [H, W, 3] images of any size. The ops themselves (efficientnet_tf.data._augment_ops,
+re-exported here and as `ops`) follow their PIL definitions; this module holds the reference's
+policy table, its level -> argument mapping and its random choices:
+
+- AutoAugment v0: pick one of 25 sub-policies uniformly; apply each of its two ops with the
+  op's probability. Level 0..10; translate_const 250, cutout_const 100.
+- RandAugment(N, M): N times, pick one of 16 ops uniformly and apply it (always; the reference
+  draws a probability in [0.2, 0.8] but never uses it) at level M; translate_const 100,
+  cutout_const 40.
+- Rotate, ShearX/Y and TranslateX/Y are negated with probability 1/2. Geometric ops and
+  Cutout fill with gray 128.
+
+Randomness: with seed=None, stateful tf.random ops. With a seed (int or int [2] tensor), every
+draw is stateless and derived from it, so the output is a pure function of (image, seed). Give
+each element its own seed (e.g. from Dataset.enumerate or tf.data.Dataset.random), otherwise
+every image gets the same augmentation.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable
+
+import tensorflow as tf
+
+from efficientnet_tf.data import _augment_ops as ops
+from efficientnet_tf.data._augment_ops import (  # noqa: F401  (public re-exports)
+    GRAY, autocontrast, brightness, color, contrast, cutout, equalize, invert, posterize,
+    rotate, sharpness, shear_x, shear_y, solarize, solarize_add, translate_x, translate_y)
+
+MAX_LEVEL = 10.0
+AUGMENT_NAMES = ("autoaugment", "randaugment")
+
+# (op, probability, level) pairs; the AutoAugment paper's ImageNet policy as in the reference.
+POLICY_V0 = (
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
+    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
+    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
+    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
+    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
+    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
+    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
+    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
+    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
+    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
+    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
+    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
+)
+POLICIES = {"v0": POLICY_V0}
+
+RANDAUGMENT_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color",
+    "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
+    "Cutout", "SolarizeAdd")
+
+AUTOAUGMENT_CONSTS = {"translate_const": 250, "cutout_const": 100}
+RANDAUGMENT_CONSTS = {"translate_const": 100, "cutout_const": 40}
+
+
+class Rng:
+    """Scalar random draws: stateful if seed is None, else stateless and derived from seed."""
+
+    def __init__(self, seed=None):
+        self._seed = None if seed is None else _as_seed(seed)
+        self._count = 0
+
+    def _next_seed(self) -> tf.Tensor:
+        self._count += 1  # trace-time counter: each draw site gets its own stream
+        return tf.random.experimental.stateless_fold_in(self._seed, self._count)
+
+    def uniform(self) -> tf.Tensor:
+        """A float32 in [0, 1)."""
+        if self._seed is None:
+            return tf.random.uniform([])
+        return tf.random.stateless_uniform([], self._next_seed())
+
+    def integer(self, maxval) -> tf.Tensor:
+        """An int32 in [0, maxval)."""
+        if self._seed is None:
+            return tf.random.uniform([], 0, maxval, tf.int32)
+        return tf.random.stateless_uniform([], self._next_seed(), 0, maxval, tf.int32)
+
+
+def _as_seed(seed) -> tf.Tensor:
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer:
+        raise ValueError(f"seed must be an int or an int tensor of shape [2], got {seed.dtype}")
+    seed = tf.cast(seed, tf.int64)
+    if seed.shape.rank == 0:
+        return tf.stack([seed, tf.constant(0, tf.int64)])
+    if seed.shape.as_list() != [2]:
+        raise ValueError(f"seed must be an int or an int tensor of shape [2], got {seed.shape}")
+    return seed
+
+
+def _negate_half(value: float, rng: Rng) -> tf.Tensor:
+    return tf.where(rng.uniform() < 0.5, -value, value)
+
+
+def level_to_arg(name: str, level: float, rng: Rng, translate_const: float = 250,
+                 cutout_const: float = 100) -> tuple:
+    """The reference's mapping from a level (0..10, RandAugment allows more) to op arguments."""
+    frac = float(level) / MAX_LEVEL
+    if name in ("AutoContrast", "Equalize", "Invert"):
+        return ()
+    if name == "Rotate":
+        return (_negate_half(frac * 30.0, rng),)
+    if name == "Posterize":
+        return (int(frac * 4),)
+    if name == "Solarize":
+        return (int(frac * 256),)
+    if name == "SolarizeAdd":
+        return (int(frac * 110),)
+    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return (frac * 1.8 + 0.1,)
+    if name in ("ShearX", "ShearY"):
+        return (_negate_half(frac * 0.3, rng),)
+    if name in ("TranslateX", "TranslateY"):
+        return (_negate_half(frac * float(translate_const), rng),)
+    if name == "Cutout":
+        return (int(frac * cutout_const),)
+    raise ValueError(f"unknown augmentation op {name!r}; valid: {sorted(_OPS)}")
+
+
+def _cutout_random(image: tf.Tensor, pad_size: int, rng: Rng) -> tf.Tensor:
+    shape = tf.shape(image)
+    center = (rng.integer(shape[0]), rng.integer(shape[1]))
+    return ops.cutout(image, pad_size, center, GRAY)
+
+
+_OPS: dict[str, Callable] = {
+    "AutoContrast": ops.autocontrast, "Equalize": ops.equalize, "Invert": ops.invert,
+    "Rotate": ops.rotate, "Posterize": ops.posterize, "Solarize": ops.solarize,
+    "SolarizeAdd": ops.solarize_add, "Color": ops.color, "Contrast": ops.contrast,
+    "Brightness": ops.brightness, "Sharpness": ops.sharpness, "ShearX": ops.shear_x,
+    "ShearY": ops.shear_y, "TranslateX": ops.translate_x, "TranslateY": ops.translate_y,
+}
+
+
+def apply_op(image: tf.Tensor, name: str, level: float, rng: Rng | None = None,
+             translate_const: float = 250, cutout_const: float = 100) -> tf.Tensor:
+    """Applies op `name` (reference naming, e.g. "ShearX") at `level`, always."""
+    rng = rng or Rng()
+    args = level_to_arg(name, level, rng, translate_const, cutout_const)
+    if name == "Cutout":
+        return _cutout_random(image, args[0], rng)
+    return _OPS[name](image, *args)
+
+
+def _apply_with_prob(image, name, prob, level, rng, consts) -> tf.Tensor:
+    if prob <= 0.0:
+        return image
+    if prob >= 1.0:
+        return apply_op(image, name, level, rng, **consts)
+    return tf.cond(rng.uniform() < prob,
+                   lambda: apply_op(image, name, level, rng, **consts), lambda: image)
+
+
+def autoaugment(image: tf.Tensor, policy: str = "v0", seed=None) -> tf.Tensor:
+    """AutoAugment: one uniformly chosen sub-policy of `policy` (only "v0") per image."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown AutoAugment policy {policy!r}; valid: {sorted(POLICIES)}")
+    image = ops._check_image(image)
+    rng = Rng(seed)
+    subpolicies = POLICIES[policy]
+
+    def branch(sub):
+        def run():
+            out = image
+            for name, prob, level in sub:
+                out = _apply_with_prob(out, name, prob, level, rng, AUTOAUGMENT_CONSTS)
+            return out
+        return run
+
+    which = rng.integer(len(subpolicies))
+    out = tf.switch_case(which, [branch(sub) for sub in subpolicies])
+    return tf.ensure_shape(out, image.shape)
+
+
+def randaugment(image: tf.Tensor, num_layers: int = 2, magnitude: float = 10.0,
+                seed=None) -> tf.Tensor:
+    """RandAugment: `num_layers` uniformly chosen ops, each at level `magnitude`."""
+    if int(num_layers) != num_layers or num_layers < 0:
+        raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
+    if not isinstance(magnitude, numbers.Real) or magnitude < 0:
+        raise ValueError(f"magnitude must be a number >= 0, got {magnitude!r}")
+    image = ops._check_image(image)
+    rng = Rng(seed)
+    out = image
+    for _ in range(int(num_layers)):
+        def branch(name, current=out):
+            return lambda: apply_op(current, name, magnitude, rng, **RANDAUGMENT_CONSTS)
+        which = rng.integer(len(RANDAUGMENT_OPS))
+        out = tf.switch_case(which, [branch(name) for name in RANDAUGMENT_OPS])
+        out = tf.ensure_shape(out, image.shape)
+    return out
+
+
+def distort(image: tf.Tensor, augment_name: str, randaug_num_layers: int = 2,
+            randaug_magnitude: float = 10.0, seed=None) -> tf.Tensor:
+    """Applies "autoaugment" (policy v0) or "randaugment" to a uint8 [H, W, 3] image."""
+    if augment_name == "autoaugment":
+        return autoaugment(image, "v0", seed=seed)
+    if augment_name == "randaugment":
+        return randaugment(image, randaug_num_layers, randaug_magnitude, seed=seed)
+    raise ValueError(
+        f"unknown augment_name {augment_name!r}; valid choices: {', '.join(AUGMENT_NAMES)}")
