@@ -1,0 +1,121 @@
+"""TFLite export: float32, or int8 post-training quantization calibrated on real images.
+
+The .tflite model takes float32 [1, size, size, 3] pixels in [0, 255] (already center-cropped and
+resized, like serving_float) and returns float32 probabilities [1, classes]. int8 models keep
+that float interface (quantize/dequantize at the edges) with int8 weights and activations inside.
+Uses tf.lite.TFLiteConverter, which TF 2.21 still ships (ai-edge-litert is its successor).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from efficientnet_tf.export.saved_model import model_image_size, model_outputs_logits
+
+QUANTIZATIONS = ("float32", "int8")
+
+
+def tflite_available() -> bool:
+    return hasattr(tf, "lite") and hasattr(tf.lite, "TFLiteConverter")
+
+
+def tfrecord_calibration_images(data_dir: str, image_size: int, num_classes: int,
+                                num_images: int = 64, split: str = "validation",
+                                crop_padding: int = 32,
+                                resize_method: str = "bicubic_tf1") -> Callable[[], Iterable]:
+    """Representative data set: eval-preprocessed images from TFRecords via the data pipeline."""
+    from efficientnet_tf.data import pipeline
+
+    config = pipeline.DataConfig(data_dir=data_dir, image_size=image_size,
+                                 num_classes=num_classes, crop_padding=crop_padding,
+                                 resize_method=resize_method, deterministic=True)
+
+    def gen():
+        ds = pipeline.build_dataset(config, split, 1, repeat=False).take(num_images)
+        for images, _ in ds:
+            yield [tf.cast(images, tf.float32).numpy()]
+
+    return gen
+
+
+def _as_generator(representative_data, image_size: int) -> Callable[[], Iterable]:
+    """Accepts a callable returning an iterable of arrays/batches, or an array [n, s, s, 3]."""
+    if callable(representative_data):
+        source = representative_data
+    else:
+        array = np.asarray(representative_data, np.float32)
+        source = lambda: iter(array)  # noqa: E731
+
+    def gen():
+        for item in source():
+            if isinstance(item, (list, tuple)):
+                item = item[0]
+            item = np.asarray(item, np.float32)
+            if item.ndim == 3:
+                item = item[np.newaxis]
+            if item.shape[1:] != (image_size, image_size, 3):
+                raise ValueError(f"representative image has shape {item.shape}, expected "
+                                 f"[1, {image_size}, {image_size}, 3] float32 pixels in [0, 255]")
+            for one in item:
+                yield [one[np.newaxis]]
+
+    return gen
+
+
+def export_tflite(model: keras.Model, path: str, *, quantization: str = "float32",
+                  representative_data=None, image_size: int | None = None,
+                  outputs_are_logits: bool | None = None) -> str:
+    """Writes a .tflite file (atomically) and returns its path.
+
+    quantization="int8" needs representative_data: a callable returning an iterable of float32
+    images [s, s, 3] or batches [n, s, s, 3] in [0, 255] (e.g. tfrecord_calibration_images(...)),
+    or an array of such images.
+    """
+    if not tflite_available():
+        raise RuntimeError("This TensorFlow has no tf.lite.TFLiteConverter; install ai-edge-litert "
+                           "and convert with it instead.")
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "int8" and representative_data is None:
+        raise ValueError("int8 quantization needs representative_data (a few dozen real images, "
+                         "e.g. tfrecord_calibration_images(data_dir, ...)).")
+    size = image_size or model_image_size(model)
+    logits = model_outputs_logits(model) if outputs_are_logits is None else outputs_are_logits
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")])
+    def serve(images):
+        out = tf.cast(model(images, training=False), tf.float32)
+        return {"probabilities": tf.nn.softmax(out, -1) if logits else out}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], model)
+    if quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _as_generator(representative_data, size)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    flatbuffer = converter.convert()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(flatbuffer)
+    os.replace(tmp, path)
+    return path
+
+
+def run_tflite(path: str, images: np.ndarray) -> np.ndarray:
+    """Runs a .tflite model from export_tflite one image at a time: probabilities [n, C]."""
+    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    results = []
+    for image in np.asarray(images, np.float32):
+        interpreter.set_tensor(inp["index"], image[np.newaxis])
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(out["index"])[0].copy())
+    return np.stack(results)
