@@ -1,0 +1,191 @@
+"""tf.data pipeline on real converted data: shapes, dtypes, order, sharding, tfds, strategies."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnet_tf.data import convert, preprocessing
+from efficientnet_tf.data.pipeline import DataConfig, build_dataset, count_examples
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+pytestmark = pytest.mark.skipif(not os.path.exists(FMNIST), reason="dataset-fashion-mnist missing")
+N = 96
+
+
+@pytest.fixture(scope="module")
+def fm_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("fm"))
+    convert.convert_idx(FMNIST, out, max_examples=N, train_shards=4, validation_shards=3,
+                        progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def idx():
+    return (convert.read_idx(f"{FMNIST}/t10k-images-idx3-ubyte.gz")[:N],
+            convert.read_idx(f"{FMNIST}/t10k-labels-idx1-ubyte.gz")[:N].astype(np.int32))
+
+
+def _config(fm_dir, **kw):
+    base = dict(data_dir=fm_dir, image_size=28, num_classes=10, crop_padding=0, shuffle_buffer=64)
+    return DataConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "bfloat16"])
+def test_train_batches_are_static_shaped_in_range(fm_dir, dtype):
+    ds = build_dataset(_config(fm_dir, image_size=32, image_dtype=dtype), "train", 16)
+    images_spec, labels_spec = ds.element_spec
+    assert images_spec.shape == (16, 32, 32, 3) and labels_spec.shape == (16,)
+    assert images_spec.dtype.name == dtype and labels_spec.dtype == tf.int32
+    labels = []
+    for images, y in ds.take(8):  # 128 > 96 examples: repeats
+        pixels = tf.cast(images, tf.float32)
+        assert 0 <= float(tf.reduce_min(pixels)) and float(tf.reduce_max(pixels)) <= 255
+        labels.append(y.numpy())
+    labels = np.concatenate(labels)
+    assert labels.min() >= 0 and labels.max() <= 9 and len(set(labels)) > 5
+
+
+def test_eval_reads_every_record_once_in_a_fixed_order(fm_dir, idx):
+    images, labels = idx
+    config = _config(fm_dir, cycle_length=1, image_dtype="float32")
+    ds = build_dataset(config, "validation", 40)
+    assert ds.element_spec[0].shape.as_list() == [None, 28, 28, 3]
+    got_x, got_y = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    assert [len(y) for y in got_y] == [40, 40, 16]
+    np.testing.assert_array_equal(np.concatenate(got_y), labels)  # stored 1-based, read 0-based
+    # 28 -> 28 with crop_padding 0 is the identity crop/resize: pixels are the IDX digits (+JPEG)
+    err = np.abs(np.concatenate(got_x)[..., 0] - images.astype(np.float32))
+    assert err.mean() < 2.5
+    again = np.concatenate([y.numpy() for _, y in build_dataset(config, "eval", 40)])
+    np.testing.assert_array_equal(again, labels)
+    assert count_examples(config, "eval") == N
+    dropped = build_dataset(_config(fm_dir, eval_drop_remainder=True), "eval", 40)
+    assert dropped.element_spec[0].shape[0] == 40 and sum(1 for _ in dropped) == 2
+
+
+def test_eval_images_are_the_eval_preprocessing(fm_dir):
+    config = _config(fm_dir, image_size=20, crop_padding=4, cycle_length=1)
+    x, _ = next(iter(build_dataset(config, "eval", 4)))
+    record = next(iter(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(f"{fm_dir}/validation-*")))))
+    raw = tf.io.parse_single_example(record, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+    np.testing.assert_allclose(x[0], preprocessing.preprocess_for_eval(raw["image/encoded"], 20, 4),
+                               atol=1e-4)
+
+
+def test_deterministic_seeded_train_is_reproducible(fm_dir):
+    config = _config(fm_dir, deterministic=True, seed=7)
+    a = [(x.numpy(), y.numpy()) for x, y in build_dataset(config, "train", 8).take(3)]
+    b = [(x.numpy(), y.numpy()) for x, y in build_dataset(config, "train", 8).take(3)]
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    c = [y.numpy() for _, y in build_dataset(_config(fm_dir, deterministic=True, seed=8), "train", 8).take(3)]
+    assert not all(np.array_equal(ya, yc) for (_, ya), yc in zip(a, c))
+
+
+def test_input_context_gives_per_replica_batches_and_disjoint_file_shards(fm_dir):
+    seen = []
+    for pipeline in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
+                                         num_replicas_in_sync=2)
+        train = build_dataset(_config(fm_dir), "train", 16, input_context=ctx)
+        assert train.element_spec[0].shape == (8, 28, 28, 3)
+        ev = build_dataset(_config(fm_dir), "eval", 16, input_context=ctx)
+        seen.append(sorted(float(tf.reduce_sum(x)) for xs, _ in ev for x in xs))
+    everything = sorted(float(tf.reduce_sum(x)) for xs, _ in build_dataset(_config(fm_dir), "eval", 16)
+                        for x in xs)
+    assert 0 < len(seen[0]) < N and 0 < len(seen[1]) < N
+    np.testing.assert_allclose(sorted(seen[0] + seen[1]), everything)
+
+
+def test_wrong_label_offset_is_reported(fm_dir):
+    ds = build_dataset(_config(fm_dir, label_offset=0), "eval", 96)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label_offset"):
+        for _ in ds:
+            pass
+
+
+def test_missing_files_name_pattern_dir_and_converter(tmp_path):
+    with pytest.raises(ValueError) as e:
+        build_dataset(DataConfig(data_dir=str(tmp_path), image_size=32), "train", 8)
+    assert "'train-*'" in str(e.value) and str(tmp_path) in str(e.value)
+    assert "efficientnet_tf.data.convert" in str(e.value)
+    with pytest.raises(ValueError, match="image_dtype"):
+        DataConfig(data_dir="x", image_dtype="float16")
+
+
+def test_synthetic_data(tmp_path):
+    config = DataConfig(synthetic=True, image_size=24, num_classes=5, image_dtype="bfloat16")
+    ds = build_dataset(config, "train", 6)
+    x, y = next(iter(ds))
+    assert x.shape == (6, 24, 24, 3) and x.dtype == tf.bfloat16 and y.dtype == tf.int32
+    assert 0 <= int(tf.reduce_min(y)) and int(tf.reduce_max(y)) < 5
+    assert float(tf.math.reduce_std(tf.cast(x, tf.float32))) > 50  # random pixels
+    assert sum(1 for _ in build_dataset(config, "eval", 256)) == 4  # 1024 examples
+
+
+@pytest.mark.parametrize("name,splits", [("imagenet2012", ("train", "validation")),
+                                         ("fashion_mnist", ("train", "test"))])
+def test_tfds_source_with_mock_data(tmp_path, name, splits):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = DataConfig(data_dir=f"tfds:{name}:{tmp_path}", image_size=32,
+                        num_classes=1000 if name == "imagenet2012" else 10, label_offset=1,
+                        tfds_train_split=splits[0], tfds_eval_split=splits[1], image_dtype="uint8")
+    with tfds.testing.mock_data(num_examples=12):
+        train = build_dataset(config, "train", 4)
+        x, y = next(iter(train))
+        assert x.shape == (4, 32, 32, 3) and x.dtype == tf.uint8
+        assert int(tf.reduce_min(y)) >= 0 and int(tf.reduce_max(y)) < config.num_classes
+        ev = list(build_dataset(config, "eval", 5))
+        assert sum(int(b[1].shape[0]) for b in ev) == 12
+
+
+MIRRORED = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from efficientnet_tf.data.pipeline import DataConfig, build_dataset
+    config = DataConfig(data_dir=sys.argv[1], image_size=28, num_classes=10, crop_padding=0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    calls = []
+    def fn(ctx):
+        calls.append((ctx.num_input_pipelines, ctx.input_pipeline_id, ctx.num_replicas_in_sync))
+        return build_dataset(config, "train", 8, input_context=ctx)
+    dist = strategy.distribute_datasets_from_function(fn)
+    out = {"calls": calls, "spec": [str(s.shape) for s in tf.nest.flatten(dist.element_spec, expand_composites=True)], "steps": []}
+    it = iter(dist)
+    for _ in range(3):
+        x, y = next(it)
+        xs, ys = strategy.experimental_local_results(x), strategy.experimental_local_results(y)
+        out["steps"].append({"shapes": [list(t.shape) for t in xs], "devices": [t.device for t in xs],
+                             "sums": [float(tf.reduce_sum(t)) for t in xs],
+                             "labels": [t.numpy().tolist() for t in ys]})
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_mirrored_strategy_two_cpus_gets_distinct_static_per_replica_batches(fm_dir, tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, str(script), fm_dir], capture_output=True, text=True,
+                          env=env, timeout=180, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert out["calls"] == [[1, 0, 2]]  # one worker feeding two replicas
+    # static per-replica specs: images and labels for each of the 2 replicas
+    assert sorted(out["spec"]) == ["(4, 28, 28, 3)"] * 2 + ["(4,)"] * 2
+    sums = []
+    for step in out["steps"]:
+        assert step["shapes"] == [[4, 28, 28, 3], [4, 28, 28, 3]]
+        assert len(set(step["devices"])) == 2
+        assert step["sums"][0] != step["sums"][1]
+        sums += step["sums"]
+    assert len(set(sums)) == len(sums)  # no batch repeated across replicas or steps
