@@ -22,3 +22,4 @@ from efficientnet_tf.spec import B0_BLOCKS, VARIANTS, BlockSpec, Variant, get_va
 
 __version__ = "0.1.0"
 from efficientnet_tf.profile import model_profile
+from efficientnet_tf.imagenet import decode_predictions, preprocess_input
