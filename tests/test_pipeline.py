@@ -78,8 +78,11 @@ def test_eval_images_are_the_eval_preprocessing(fm_dir):
                                atol=1e-4)
 
 
-def test_deterministic_seeded_train_is_reproducible(fm_dir):
-    config = _config(fm_dir, deterministic=True, seed=7)
+@pytest.mark.parametrize("augment", [None, "randaugment"])
+def test_deterministic_seeded_train_is_reproducible(fm_dir, augment):
+    if augment:
+        pytest.importorskip("efficientnet_tf.data.augment")
+    config = _config(fm_dir, deterministic=True, seed=7, augment_name=augment)
     a = [(x.numpy(), y.numpy()) for x, y in build_dataset(config, "train", 8).take(3)]
     b = [(x.numpy(), y.numpy()) for x, y in build_dataset(config, "train", 8).take(3)]
     for (xa, ya), (xb, yb) in zip(a, b):

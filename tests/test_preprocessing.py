@@ -175,15 +175,17 @@ def test_train_variant_on_decoded_tensor(chelsea):
     np.testing.assert_array_equal(out[..., 0], out[..., 2])  # gray stays gray
 
 
-def test_augment_is_applied_on_uint8_when_named(chelsea_jpeg):
+@pytest.mark.parametrize("name", ["randaugment", "autoaugment"])
+def test_augment_is_applied_on_uint8_when_named(chelsea_jpeg, name):
     augment = pytest.importorskip("efficientnet_tf.data.augment")
     assert hasattr(augment, "distort")
-    seed = tf.constant([3, 4])
-    plain = P.preprocess_for_train(chelsea_jpeg, 48, seed=seed)
-    tf.random.set_seed(0)
-    outs = [P.preprocess_for_train(chelsea_jpeg, 48, "randaugment", 2, 10.0, seed=seed)
-            for _ in range(4)]
+    plain = [P.preprocess_for_train(chelsea_jpeg, 48, seed=tf.constant([i, 4])) for i in range(4)]
+    outs = [P.preprocess_for_train(chelsea_jpeg, 48, name, 2, 10.0, seed=tf.constant([i, 4]))
+            for i in range(4)]
     for out in outs:
         assert out.shape == (48, 48, 3) and out.dtype == tf.float32
         np.testing.assert_array_equal(out.numpy(), np.round(out.numpy()))  # came back from uint8
-    assert any(float(tf.reduce_mean(tf.abs(o - plain))) > 1.0 for o in outs)
+    assert any(float(tf.reduce_mean(tf.abs(o - p))) > 1.0 for o, p in zip(outs, plain))
+    # seeded: the whole train path (crop, flip, augment) is reproducible
+    again = P.preprocess_for_train(chelsea_jpeg, 48, name, 2, 10.0, seed=tf.constant([0, 4]))
+    np.testing.assert_array_equal(again.numpy(), outs[0].numpy())

@@ -142,15 +142,17 @@ def _split_seed(seed, n):
 
 
 def _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, seed):
+    flip_seed, aug_seed = _split_seed(seed, 2)
     if seed is None:
         image = tf.image.random_flip_left_right(image)
     else:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seed)
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     if augment_name:
         from efficientnet_tf.data import augment  # lazy: optional until it is needed
         # The reference truncates (tf.cast) to uint8 before augmenting.
         image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
-        image = augment.distort(image, augment_name, randaug_num_layers, randaug_magnitude)
+        kwargs = {} if aug_seed is None else {"seed": aug_seed}
+        image = augment.distort(image, augment_name, randaug_num_layers, randaug_magnitude, **kwargs)
         image = tf.cast(image, tf.float32)
     return image
 
@@ -161,13 +163,12 @@ def preprocess_for_train(image_bytes: tf.Tensor, image_size: int, augment_name: 
                          seed: tf.Tensor | None = None) -> tf.Tensor:
     """Encoded image -> float32 [size, size, 3] in [0, 255], as the reference's train path.
 
-    `seed` (optional int [2]) makes crop and flip stateless (reproducible); augment ops keep
-    their own randomness.
+    `seed` (optional int [2]) makes crop, flip and augmentation stateless (reproducible).
     """
-    crop_seed, flip_seed = _split_seed(seed, 2)
+    crop_seed, rest_seed = _split_seed(seed, 2)
     image = decode_and_crop(image_bytes, lambda shape: train_crop_window(shape, image_size, crop_seed))
     image = resize(image, image_size, resize_method)
-    image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, flip_seed)
+    image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, rest_seed)
     image.set_shape([image_size, image_size, 3])
     return image
 
@@ -179,11 +180,11 @@ def preprocess_image_tensor_for_train(image: tf.Tensor, image_size: int,
                                       resize_method: str = "bicubic_tf1",
                                       seed: tf.Tensor | None = None) -> tf.Tensor:
     """preprocess_for_train on an already decoded image [h, w, 1|3|4]."""
-    crop_seed, flip_seed = _split_seed(seed, 2)
+    crop_seed, rest_seed = _split_seed(seed, 2)
     image = _to_rgb(tf.convert_to_tensor(image))
     image = _crop(image, train_crop_window(tf.shape(image)[:2], image_size, crop_seed))
     image = resize(image, image_size, resize_method)
-    image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, flip_seed)
+    image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, rest_seed)
     image.set_shape([image_size, image_size, 3])
     return image
 
