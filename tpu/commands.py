@@ -1,0 +1,527 @@
+#!/usr/bin/env python3
+"""Builds the gcloud and training command lines for EfficientNet on a Cloud TPU VM.
+
+Pure Python (no TensorFlow, no gcloud needed to build). Each subcommand prints the commands it
+would run with --dry_run, and runs them (gcloud, gsutil-free `gcloud storage`) otherwise:
+
+    python3 tpu/commands.py create --name=efn-v3 --accelerator_type=v3-8 --dry_run
+    python3 tpu/commands.py train --name=efn-v3 --accelerator_type=v3-8 --bucket=gs://my-bucket
+
+Facts used here (zones, software-version names) come from the Cloud TPU documentation; see
+tpu/README.md for the pages and dates. The shell scripts in tpu/ are thin wrappers around this.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+from typing import Sequence
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+MODELS = tuple(f"efficientnet-b{i}" for i in range(8))
+TRAIN_MODULE = "efficientnet_tf.train"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Newest TensorFlow with a documented TPU VM software version (cloud.google.com/tpu/docs/runtimes,
+# libtpu table). TF 2.21 has none; see tpu/README.md.
+NEWEST_DOCUMENTED_TF = (2, 18, 0)
+# Newest TF whose exact image names the docs spell out (runtimes page list; v2 page example).
+DEFAULT_TF_VERSION = "2.16.1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    name: str               # v2, v3, v4, v5litepod, v5p, v6e
+    zones: tuple[str, ...]  # from cloud.google.com/tpu/docs/regions-zones (first = default)
+    count_unit: str         # what the number in the accelerator type counts: cores or chips
+    devices_per_chip: int   # TF replicas per chip (v4/v5p: one megacore device per chip)
+    single_host_max: int    # largest single-host size, in count_unit
+    min_tf: tuple[int, int, int]
+
+
+GENERATIONS = {
+    "v2": Generation("v2", ("us-central1-b", "us-central1-c", "europe-west4-a"), "cores", 2, 8,
+                     (2, 0, 0)),
+    "v3": Generation("v3", ("us-central1-a", "us-central1-b", "europe-west4-a"), "cores", 2, 8,
+                     (2, 0, 0)),
+    "v4": Generation("v4", ("us-central2-b",), "cores", 1, 8, (2, 0, 0)),
+    "v5litepod": Generation("v5litepod", ("us-central1-a", "us-south1-a", "us-west1-c",
+                                          "us-west4-a"), "chips", 1, 8, (2, 15, 0)),
+    "v5p": Generation("v5p", ("us-central1-a", "us-east5-a"), "cores", 1, 8, (2, 15, 0)),
+    "v6e": Generation("v6e", ("us-central1-b", "us-east1-d", "us-east5-a", "us-east5-b",
+                              "europe-west4-a"), "chips", 1, 8, (2, 15, 0)),
+}
+
+# Global batch per single-host TPU type. The TPU reference's default is 2048 (its train_steps
+# 218949 = 350 epochs at 2048); the paper's 4096 (LR 0.256) needs more HBM than one host has
+# for B0 at 224 px in our estimate -- pass --train_batch_size=4096 to try it.
+DEFAULT_BATCH = {"v2": 1024, "v3": 2048, "v4": 2048, "v5litepod": 2048, "v5p": 2048,
+                 "v6e": 2048}
+
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+    type: str
+    generation: Generation
+    count: int               # the number after the dash
+
+    @property
+    def chips(self) -> int:
+        if self.generation.count_unit == "chips":
+            return self.count
+        return self.count // 2
+
+    @property
+    def replicas(self) -> int:
+        """TPU devices TensorFlow sees = replicas of TPUStrategy."""
+        if self.generation.count_unit == "chips":
+            return self.count
+        return self.chips * self.generation.devices_per_chip
+
+    @property
+    def multi_host(self) -> bool:
+        return self.count > self.generation.single_host_max
+
+
+def parse_accelerator(text: str) -> Accelerator:
+    m = re.fullmatch(r"(v2|v3|v4|v5litepod|v5p|v6e)-(\d+)", text or "")
+    if not m:
+        raise ValueError(f"Unknown TPU accelerator type {text!r}; use e.g. v3-8, v4-8, v5litepod-8, "
+                         f"v5p-8 or v6e-8 (generation-size as gcloud spells it).")
+    return Accelerator(text, GENERATIONS[m.group(1)], int(m.group(2)))
+
+
+def parse_tf_version(text: str) -> tuple[int, int, int]:
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", text or "")
+    if not m:
+        raise ValueError(f"--tf_version must look like 2.16.1 (major.minor.patch); got {text!r}.")
+    return tuple(int(x) for x in m.groups())  # type: ignore[return-value]
+
+
+def runtime_version(acc: Accelerator, tf_version: str = DEFAULT_TF_VERSION,
+                    device_api: str = "pjrt") -> str:
+    """The TPU VM software version for `tf_version` on `acc`, by the rules of
+    cloud.google.com/tpu/docs/runtimes: tpu-vm-tf-x.y.z[-pod][-{pjrt|se}] for TF >= 2.15
+    (v5e/v5p/v6e: PJRT only), tpu-vm-tf-x.y.z[-pod] before 2.15, and the -v4 images for
+    TPU v4 with TF <= 2.10.0."""
+    v = parse_tf_version(tf_version)
+    gen = acc.generation
+    if device_api not in ("pjrt", "se"):
+        raise ValueError(f"--device_api must be pjrt or se; got {device_api!r}.")
+    if v > NEWEST_DOCUMENTED_TF:
+        newest = ".".join(map(str, NEWEST_DOCUMENTED_TF))
+        raise ValueError(
+            f"No TPU VM software version for TensorFlow {tf_version} is documented (the newest in "
+            f"cloud.google.com/tpu/docs/runtimes is {newest}). Use --tf_version={DEFAULT_TF_VERSION} "
+            f"and install our package with --no-deps (tpu/README.md), or pick an image from "
+            f"`gcloud compute tpus tpu-vm versions list --zone=ZONE` and pass --runtime_version.")
+    if v < gen.min_tf:
+        raise ValueError(f"TPU {gen.name} needs TensorFlow >= {'.'.join(map(str, gen.min_tf))} "
+                         f"on TPU VMs; got {tf_version}.")
+    pod = "-pod" if acc.multi_host else ""
+    if v >= (2, 15, 0):
+        if device_api == "se" and gen.name in ("v5litepod", "v5p", "v6e"):
+            raise ValueError(f"TPU {gen.name} supports only the PJRT runtime; drop --device_api=se.")
+        return f"tpu-vm-tf-{tf_version}{pod}-{device_api}"
+    if gen.name == "v4" and v <= (2, 10, 0):
+        return f"tpu-vm-tf-{tf_version}{pod}-v4"
+    return f"tpu-vm-tf-{tf_version}{pod}"
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    if not name or not NAME_RE.match(name):
+        raise ValueError(f"{what} {name!r} is not a valid TPU name: use lowercase letters, digits "
+                         f"and hyphens, starting with a letter, at most 63 characters.")
+    return name
+
+
+def check_gcs(url: str, what: str = "--bucket") -> str:
+    """Returns url without a trailing slash; raises ValueError unless it is gs://bucket[/path]."""
+    if not url or not url.startswith("gs://"):
+        hint = " (that is a local path)" if url and ("/" in url or url.startswith(".")) else ""
+        raise ValueError(
+            f"{what} must be a Cloud Storage URL like gs://my-bucket/path; got {url!r}{hint}. "
+            f"TPU VMs read the data and write checkpoints through gs://. Copy local files first: "
+            f"python3 tpu/commands.py upload --src=LOCAL_DIR --dest=gs://my-bucket/path")
+    bucket = url[len("gs://"):].split("/", 1)[0]
+    if not BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ValueError(f"{what}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, "
+                         f"digits, '-', '_' or '.').")
+    return url.rstrip("/")
+
+
+def zone_for(acc: Accelerator, zone: str | None) -> str:
+    if not zone:
+        return acc.generation.zones[0]
+    if zone not in acc.generation.zones:
+        print(f"warning: {acc.type} is documented only in {', '.join(acc.generation.zones)}; "
+              f"using --zone={zone} anyway (check `gcloud compute tpus locations list`).",
+              file=sys.stderr)
+    return zone
+
+
+def region_of(zone: str) -> str:
+    return zone.rsplit("-", 1)[0]
+
+
+def _project(project: str | None) -> list[str]:
+    return [f"--project={project}"] if project else []
+
+
+def _single_host(acc: Accelerator) -> Accelerator:
+    if acc.multi_host:
+        raise ValueError(
+            f"{acc.type} is a multi-host slice; these scripts launch single-host TPU VMs only "
+            f"(v2-8, v3-8, v4-8, v5litepod-1/4/8, v5p-8, v6e-1/4/8). Multi-host training has not "
+            f"been tested with efficientnet_tf.")
+    return acc
+
+
+# ---------------------------------------------------------------- gcloud commands
+
+def create_commands(name: str, accelerator_type: str, zone: str | None = None,
+                    project: str | None = None, tf_version: str = DEFAULT_TF_VERSION,
+                    runtime: str | None = None, device_api: str = "pjrt", spot: bool = False,
+                    queued: bool = False) -> list[list[str]]:
+    acc = _single_host(parse_accelerator(accelerator_type))
+    check_name(name)
+    zone = zone_for(acc, zone)
+    runtime = runtime or runtime_version(acc, tf_version, device_api)
+    extra = ["--spot"] if spot else []
+    if queued:
+        return [["gcloud", "compute", "tpus", "queued-resources", "create", f"{name}-qr",
+                 f"--node-id={name}", f"--zone={zone}", f"--accelerator-type={acc.type}",
+                 f"--runtime-version={runtime}", *_project(project), *extra]]
+    return [["gcloud", "compute", "tpus", "tpu-vm", "create", name, f"--zone={zone}",
+             f"--accelerator-type={acc.type}", f"--version={runtime}", *_project(project), *extra]]
+
+
+def delete_commands(name: str, zone: str, project: str | None = None,
+                    queued: bool = False) -> list[list[str]]:
+    check_name(name)
+    if queued:
+        return [["gcloud", "compute", "tpus", "queued-resources", "delete", f"{name}-qr",
+                 f"--zone={zone}", *_project(project), "--force", "--quiet"]]
+    return [["gcloud", "compute", "tpus", "tpu-vm", "delete", name, f"--zone={zone}",
+             *_project(project), "--quiet"]]
+
+
+def ssh_command(name: str, zone: str, project: str | None = None,
+                remote: str | None = None) -> list[str]:
+    check_name(name)
+    cmd = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, f"--zone={zone}", *_project(project)]
+    if remote:
+        cmd.append(f"--command={remote}")
+    return cmd
+
+
+def bucket_commands(bucket: str, zone: str, project: str | None = None) -> list[list[str]]:
+    url = check_gcs(bucket)
+    root = "gs://" + url[len("gs://"):].split("/", 1)[0]
+    return [["gcloud", "storage", "buckets", "create", root, f"--location={region_of(zone)}",
+             "--uniform-bucket-level-access", *_project(project)]]
+
+
+def upload_commands(src: str, dest: str) -> list[list[str]]:
+    if src.startswith("gs://"):
+        raise ValueError(f"--src must be a local directory of TFRecords; got {src!r}.")
+    return [["gcloud", "storage", "rsync", src, check_gcs(dest, "--dest"), "--recursive"]]
+
+
+def install_commands(name: str, zone: str, project: str | None = None,
+                     archive: str = "/tmp/efficientnet_tf.tar.gz",
+                     tf_source: str = "image") -> list[list[str]]:
+    """Copies this checkout (git archive of HEAD) to the VM and runs tpu/setup_vm.sh there."""
+    if tf_source not in ("image", "pypi"):
+        raise ValueError(f"--tf_source must be image or pypi; got {tf_source!r}.")
+    remote = (f"mkdir -p ~/efficientnet_tf && tar -xzf ~/efficientnet_tf.tar.gz -C ~/efficientnet_tf"
+              f" && cd ~/efficientnet_tf && bash tpu/setup_vm.sh {tf_source}")
+    return [["git", "-C", REPO_ROOT, "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],
+            ["gcloud", "compute", "tpus", "tpu-vm", "scp", archive,
+             f"{check_name(name)}:~/efficientnet_tf.tar.gz", f"--zone={zone}", *_project(project)],
+            ssh_command(name, zone, project, remote)]
+
+
+# ---------------------------------------------------------------- training commands
+
+def pjrt_env(runtime: str) -> list[str]:
+    """Environment for TF on a single-host -pjrt image (as Google's own TF-on-TPU test configs set
+    it: GoogleCloudPlatform/ml-auto-solutions dags/solutions_team/configs/tensorflow/common.py)."""
+    if runtime.endswith("-pjrt"):
+        return ["NEXT_PLUGGABLE_DEVICE_USE_C_API=true",
+                "TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"]
+    return []
+
+
+def steps_for_epochs(epochs: float, batch: int) -> int:
+    return math.ceil(epochs * IMAGENET_TRAIN_IMAGES / batch)
+
+
+def train_argv(accelerator_type: str, bucket: str | None = None, model: str = "efficientnet-b0",
+               run_name: str | None = None, data_dir: str | None = None,
+               model_dir: str | None = None, mode: str = "train_and_eval",
+               train_batch_size: int | None = None, eval_batch_size: int = 1024,
+               steps_per_execution: int = 1251, epochs: float = 350,
+               train_steps: int | None = None, synthetic: bool = False,
+               overrides: Sequence[str] = (),
+               tpu: str = "local", python: str = "python3") -> list[str]:
+    """`python3 -m efficientnet_tf.train ...` with the paper's recipe for one TPU type."""
+    acc = _single_host(parse_accelerator(accelerator_type))
+    if model not in MODELS:
+        raise ValueError(f"Unknown --model {model!r}; choose one of {', '.join(MODELS)}.")
+    if mode not in ("train", "train_and_eval"):
+        raise ValueError(f"--mode must be train or train_and_eval here (eval: use the eval "
+                         f"subcommand); got {mode!r}.")
+    if not (bucket or (model_dir and (data_dir or synthetic))):
+        raise ValueError("Give --bucket=gs://BUCKET (data in gs://BUCKET/imagenet, runs in "
+                         "gs://BUCKET/runs), or --data_dir and --model_dir.")
+    run_name = run_name or f"{model}-{acc.type}"
+    if bucket:
+        bucket = check_gcs(bucket)
+        data_dir = data_dir or f"{bucket}/imagenet"
+        model_dir = model_dir or f"{bucket}/runs/{run_name}"
+    model_dir = check_gcs(model_dir, "--model_dir")
+    batch = train_batch_size or DEFAULT_BATCH[acc.generation.name]
+    for what, b in (("--train_batch_size", batch), ("--eval_batch_size", eval_batch_size)):
+        if b <= 0 or b % acc.replicas:
+            raise ValueError(f"{what}={b} must be a positive multiple of the {acc.replicas} TPU "
+                             f"replicas of a {acc.type}.")
+    if steps_per_execution <= 0:
+        raise ValueError(f"--steps_per_execution must be positive; got {steps_per_execution}.")
+    argv = [python, "-m", TRAIN_MODULE, f"--tpu={tpu}", "--strategy=tpu", f"--model_name={model}",
+            f"--model_dir={model_dir}", f"--mode={mode}", f"--train_batch_size={batch}",
+            f"--eval_batch_size={eval_batch_size}", f"--steps_per_execution={steps_per_execution}",
+            f"--train_steps={train_steps}" if train_steps else f"--epochs={epochs:g}",
+            "--use_bfloat16"]
+    if synthetic:
+        argv.append("--use_synthetic_data")
+    else:
+        argv.append(f"--data_dir={check_gcs(data_dir, '--data_dir')}")
+    argv += [f"--override={o}" for o in overrides]
+    return argv
+
+
+def eval_argv(model_dir: str, data_dir: str, model: str = "efficientnet-b0",
+              eval_batch_size: int = 1024, eval_timeout: int = 7200, tpu: str | None = None,
+              python: str = "python3") -> list[str]:
+    """Continuous evaluation (`--mode=eval`) of every new checkpoint in model_dir. A TPU is held
+    by one process, so run this on another machine: on CPU (tpu=None) or on a second TPU VM."""
+    if model not in MODELS:
+        raise ValueError(f"Unknown --model {model!r}; choose one of {', '.join(MODELS)}.")
+    argv = [python, "-m", TRAIN_MODULE, f"--model_name={model}",
+            f"--model_dir={check_gcs(model_dir, '--model_dir')}",
+            f"--data_dir={check_gcs(data_dir, '--data_dir')}", "--mode=eval",
+            f"--eval_batch_size={eval_batch_size}", f"--eval_timeout={eval_timeout}"]
+    argv += [f"--tpu={tpu}", "--strategy=tpu"] if tpu else ["--strategy=default"]
+    return argv
+
+
+def remote_job(argv: Sequence[str], env: Sequence[str] = (), log: str = "~/train.log",
+               workdir: str = "~/efficientnet_tf") -> str:
+    """The shell line run on the VM over ssh: cd, the venv if setup_vm.sh made one, then the job
+    in the background (nohup, appending to `log`) so it survives the ssh session."""
+    job = shlex.join(["env", *env, *argv]) if env else shlex.join(argv)
+    activate = "if [ -f ~/efn-venv/bin/activate ]; then . ~/efn-venv/bin/activate; fi"
+    return f"cd {workdir} && {activate} && nohup {job} >> {log} 2>&1 &"
+
+
+def train_commands(name: str | None, zone: str | None, project: str | None = None,
+                   runtime: str | None = None, tf_version: str = DEFAULT_TF_VERSION,
+                   **kwargs) -> list[list[str]]:
+    argv = train_argv(**kwargs)
+    if not name:
+        return [argv]
+    acc = parse_accelerator(kwargs["accelerator_type"])
+    runtime = runtime or runtime_version(acc, tf_version)
+    return [ssh_command(name, zone_for(acc, zone), project,
+                        remote_job(argv, pjrt_env(runtime), log=f"~/{kwargs.get('run_name') or 'train'}.log"))]
+
+
+def estimate_hours(images_per_sec: float, epochs: float = 350) -> float:
+    if images_per_sec <= 0:
+        raise ValueError("--images_per_sec must be positive.")
+    return epochs * IMAGENET_TRAIN_IMAGES / images_per_sec / 3600
+
+
+# ---------------------------------------------------------------- CLI
+
+def _add_common(p: argparse.ArgumentParser, name_required: bool = True) -> None:
+    p.add_argument("--name", required=name_required, help="TPU VM name.")
+    p.add_argument("--zone", default=None, help="GCE zone (default: first documented zone of the "
+                                                "accelerator's generation).")
+    p.add_argument("--project", default=None, help="GCP project (default: gcloud's).")
+    p.add_argument("--accelerator_type", default="v3-8", help="v3-8, v4-8, ... (default v3-8).")
+    p.add_argument("--dry_run", action="store_true", help="Print the commands; run nothing.")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bucket", default=None, help="gs://BUCKET: data in BUCKET/imagenet, runs in "
+                                                   "BUCKET/runs/RUN_NAME.")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--model_dir", default=None)
+    p.add_argument("--model", default="efficientnet-b0", choices=MODELS)
+    p.add_argument("--run_name", default=None)
+    p.add_argument("--tf_version", default=DEFAULT_TF_VERSION)
+    p.add_argument("--runtime_version", default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("create", help="Create a TPU VM (or a queued resource).")
+    _add_common(p)
+    p.add_argument("--tf_version", default=DEFAULT_TF_VERSION,
+                   help=f"TensorFlow of the TPU VM image (default {DEFAULT_TF_VERSION}).")
+    p.add_argument("--runtime_version", default=None, help="Exact software version; overrides "
+                                                           "--tf_version.")
+    p.add_argument("--device_api", default="pjrt", choices=("pjrt", "se"))
+    p.add_argument("--spot", action="store_true", help="Spot VM: cheaper, can be preempted.")
+    p.add_argument("--queued", action="store_true", help="Use a queued resource request.")
+    p.add_argument("--install", action="store_true", help="Then copy this checkout to the VM and "
+                                                          "run tpu/setup_vm.sh there.")
+    p.add_argument("--tf_source", default="image", choices=("image", "pypi"))
+
+    p = sub.add_parser("delete", help="Delete the TPU VM (or its queued resource).")
+    _add_common(p)
+    p.add_argument("--queued", action="store_true")
+
+    p = sub.add_parser("bucket", help="Create the bucket in the TPU's region.")
+    _add_common(p, name_required=False)
+    p.add_argument("--bucket", required=True)
+
+    p = sub.add_parser("upload", help="Copy local TFRecord shards to the bucket.")
+    p.add_argument("--src", required=True)
+    p.add_argument("--dest", required=True)
+    p.add_argument("--dry_run", action="store_true")
+
+    p = sub.add_parser("install", help="Copy this checkout to the VM and install it there.")
+    _add_common(p)
+    p.add_argument("--tf_source", default="image", choices=("image", "pypi"),
+                   help="image: keep the image's TensorFlow; pypi: tensorflow-tpu in a venv.")
+
+    for cmd in ("train", "smoke"):
+        p = sub.add_parser(cmd, help="Launch training on the VM over ssh (no --name: print the "
+                                     "command to run on the VM itself)." if cmd == "train" else
+                           "Throughput check with synthetic data (3 executions of 100 steps).")
+        _add_common(p, name_required=False)
+        _add_train(p)
+        p.add_argument("--mode", default="train_and_eval", choices=("train", "train_and_eval"))
+        p.add_argument("--train_batch_size", type=int, default=None)
+        p.add_argument("--eval_batch_size", type=int, default=1024)
+        p.add_argument("--steps_per_execution", type=int, default=1251 if cmd == "train" else 100,
+                       help="Steps per device loop (the reference's iterations_per_loop: 1251).")
+        p.add_argument("--epochs", type=float, default=350)
+        p.add_argument("--override", action="append", default=[])
+
+    p = sub.add_parser("eval", help="Continuous evaluation command (CPU or a second TPU).")
+    _add_common(p, name_required=False)
+    _add_train(p)
+    p.add_argument("--eval_batch_size", type=int, default=1024)
+    p.add_argument("--eval_timeout", type=int, default=7200)
+    p.add_argument("--eval_tpu", default=None, help="'local' to evaluate on this VM's TPU (a "
+                                                     "second TPU VM, not the training one).")
+
+    p = sub.add_parser("versions", help="List the TPU VM software versions of a zone.")
+    _add_common(p, name_required=False)
+
+    p = sub.add_parser("tensorboard", help="TensorBoard on the runs in the bucket.")
+    p.add_argument("--bucket", required=True)
+    p.add_argument("--dry_run", action="store_true")
+
+    p = sub.add_parser("estimate", help="Hours for a full run at a measured images/s.")
+    p.add_argument("--images_per_sec", type=float, required=True)
+    p.add_argument("--epochs", type=float, default=350)
+    return ap
+
+
+def commands_for(args: argparse.Namespace) -> list[list[str]]:
+    acc_type = getattr(args, "accelerator_type", "v3-8")
+    if args.cmd == "create":
+        cmds = create_commands(args.name, acc_type, args.zone, args.project, args.tf_version,
+                               args.runtime_version, args.device_api, args.spot, args.queued)
+        if args.install and args.queued:
+            raise ValueError("--install needs the VM now; a queued resource is provisioned later. "
+                             "Run `python3 tpu/commands.py install --name=...` once it is ACTIVE.")
+        if args.install:
+            cmds += install_commands(args.name, zone_for(parse_accelerator(acc_type), args.zone),
+                                     args.project, tf_source=args.tf_source)
+        return cmds
+    zone = zone_for(parse_accelerator(acc_type), getattr(args, "zone", None)) \
+        if hasattr(args, "zone") else None
+    if args.cmd == "delete":
+        return delete_commands(args.name, zone, args.project, args.queued)
+    if args.cmd == "bucket":
+        return bucket_commands(args.bucket, zone, args.project)
+    if args.cmd == "upload":
+        return upload_commands(args.src, args.dest)
+    if args.cmd == "install":
+        return install_commands(args.name, zone, args.project, tf_source=args.tf_source)
+    if args.cmd in ("train", "smoke"):
+        smoke = args.cmd == "smoke"
+        spe = args.steps_per_execution
+        return train_commands(
+            args.name, zone, args.project, args.runtime_version, args.tf_version,
+            accelerator_type=acc_type, bucket=args.bucket, model=args.model,
+            run_name=args.run_name or (f"{args.model}-{acc_type}-synthetic" if smoke else None),
+            data_dir=args.data_dir, model_dir=args.model_dir,
+            mode="train" if smoke else args.mode, train_batch_size=args.train_batch_size,
+            eval_batch_size=args.eval_batch_size, steps_per_execution=spe,
+            epochs=args.epochs, train_steps=3 * spe if smoke else None, synthetic=smoke,
+            overrides=list(args.override))
+    if args.cmd == "eval":
+        bucket = check_gcs(args.bucket) if args.bucket else None
+        run = args.run_name or f"{args.model}-{acc_type}"
+        model_dir = args.model_dir or (f"{bucket}/runs/{run}" if bucket else None)
+        data_dir = args.data_dir or (f"{bucket}/imagenet" if bucket else None)
+        if not (model_dir and data_dir):
+            raise ValueError("Give --bucket, or --model_dir and --data_dir.")
+        argv = eval_argv(model_dir, data_dir, args.model, args.eval_batch_size, args.eval_timeout,
+                         args.eval_tpu)
+        if not args.name:
+            return [argv]
+        env = pjrt_env(args.runtime_version or runtime_version(
+            parse_accelerator(acc_type), args.tf_version)) if args.eval_tpu else []
+        return [ssh_command(args.name, zone, args.project,
+                            remote_job(argv, env, log=f"~/eval-{run}.log"))]
+    if args.cmd == "versions":
+        return [["gcloud", "compute", "tpus", "tpu-vm", "versions", "list", f"--zone={zone}",
+                 *_project(args.project)]]
+    if args.cmd == "tensorboard":
+        return [["tensorboard", f"--logdir={check_gcs(args.bucket)}/runs"]]
+    raise ValueError(f"unknown command {args.cmd}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "estimate":
+            h = estimate_hours(args.images_per_sec, args.epochs)
+            print(f"{args.epochs:g} epochs of ImageNet ({IMAGENET_TRAIN_IMAGES} images) at "
+                  f"{args.images_per_sec:g} images/s: {h:.1f} h")
+            return 0
+        cmds = commands_for(args)
+    except ValueError as e:
+        print(f"tpu/commands.py: error: {e}", file=sys.stderr)
+        return 2
+    dry = getattr(args, "dry_run", False)
+    for cmd in cmds:
+        print(("" if dry else "+ ") + shlex.join(cmd), flush=True)
+        if not dry:
+            rc = subprocess.run(cmd).returncode
+            if rc:
+                print(f"tpu/commands.py: {cmd[0]} exited with {rc}", file=sys.stderr)
+                return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs ON the TPU VM, in the unpacked checkout (tpu/commands.py install does this):
+#   bash tpu/setup_vm.sh image   # keep the image's TensorFlow (matches its libtpu); default
+#   bash tpu/setup_vm.sh pypi    # venv ~/efn-venv with tensorflow-tpu from PyPI (newest: 2.20.0)
+# Our setup.py pins tensorflow>=2.21,<2.22, which has no TPU build, so the package itself is
+# installed with --no-deps and its other dependencies come from tpu/requirements-tpu.txt.
+set -euo pipefail
+mode="${1:-image}"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+case "$mode" in
+  image)
+    python3 -c 'import tensorflow as tf; print("TPU VM image TensorFlow", tf.__version__)'
+    python3 -m pip install -r tpu/requirements-tpu.txt
+    python3 -m pip install --no-deps -e .
+    ;;
+  pypi)
+    python3 -m venv ~/efn-venv
+    . ~/efn-venv/bin/activate
+    python3 -m pip install -U pip
+    python3 -m pip install "tensorflow-tpu==2.20.0"
+    python3 -m pip install -r tpu/requirements-tpu.txt
+    python3 -m pip install --no-deps -e .
+    ;;
+  *)
+    echo "usage: bash tpu/setup_vm.sh [image|pypi]" >&2
+    exit 2
+    ;;
+esac
+python3 -c 'import efficientnet_tf, tensorflow as tf; print("efficientnet_tf imports; TensorFlow", tf.__version__)'
