@@ -13,6 +13,7 @@ setup(
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<4",
         "absl-py>=2.1",
+        "tensorboard>=2.20",  # tf.summary needs it; TF 2.21 no longer pulls it in
         "tensorflow-datasets>=4.9",
         "pyyaml>=6",
         "numpy>=1.26",

@@ -152,14 +152,22 @@ class SqueezeExcite(layers.Layer):
                 "reduced_filters": self.reduced_filters, "truncated_init": self.truncated_init}
 
 
+def batch_norm(name: str, momentum: float = 0.99, epsilon: float = 1e-3,
+               synchronized: bool = False):
+    """BN as the reference (momentum 0.99, epsilon 1e-3); synchronized = cross-replica stats."""
+    return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, synchronized=synchronized,
+                                     name=name)
+
+
 def block_layers(spec: BlockSpec, prefix: str, drop_rate: float, bn_momentum: float = 0.99,
-                 bn_epsilon: float = 1e-3, truncated_init: bool = False) -> dict:
+                 bn_epsilon: float = 1e-3, truncated_init: bool = False,
+                 synchronized_bn: bool = False) -> dict:
     """The sub-layers of one MBConv block (spec already width-scaled), Keras-Applications names."""
     init = ConvKernelInitializer(truncated_init)
     filters = spec.filters_in * spec.expand_ratio
 
     def bn(name):
-        return layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=prefix + name)
+        return batch_norm(prefix + name, bn_momentum, bn_epsilon, synchronized_bn)
 
     out: dict = {}
     if spec.expand_ratio != 1:

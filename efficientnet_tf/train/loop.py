@@ -23,7 +23,7 @@ from efficientnet_tf.train import optim
 from efficientnet_tf.train.strategy import per_replica_batch_size
 
 
-def build_model(config, for_training: bool = True) -> keras.Model:
+def build_model(config) -> keras.Model:
     """The model described by config.model (logits output, float32)."""
     from efficientnet_tf.model import EfficientNet
     from efficientnet_tf.spec import get_variant
@@ -40,7 +40,8 @@ def build_model(config, for_training: bool = True) -> keras.Model:
     return EfficientNet(
         **kw, default_size=size, dropout_rate=m.dropout_rate,
         drop_connect_rate=m.drop_connect_rate, stem_strides=m.stem_strides,
-        bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, input_shape=(size, size, 3),
+        bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, synchronized_bn=m.synchronized_bn,
+        input_shape=(size, size, 3),
         classes=m.num_classes, classifier_activation=None,
         name=m.model_name.replace("-", "") if m.model_name else None)
 
@@ -49,8 +50,12 @@ class Trainer:
     """Owns the strategy, model, optimizer, EMA, checkpoints and summaries of one model_dir."""
 
     def __init__(self, config, model_dir: str, strategy: tf.distribute.Strategy | None = None,
-                 jit_compile: bool = False, log=print):
+                 jit_compile: bool = False, log=print, train_dataset_fn=None,
+                 num_train_examples: int | None = None):
+        """train_dataset_fn(input_context) -> per-replica batches replaces the TFRecord
+        pipeline (tests, custom data); then give num_train_examples too."""
         self.config = config
+        self._custom_dataset_fn = train_dataset_fn
         self.model_dir = model_dir
         self.strategy = strategy or tf.distribute.get_strategy()
         self.log = log
@@ -62,7 +67,10 @@ class Trainer:
         if config.use_bfloat16:
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         self.data_config = config.data.to_data_config()
-        self.steps_per_epoch = max(1, self._num_train_examples() // self.global_batch)
+        if config.seed is not None:
+            keras.utils.set_random_seed(config.seed)
+        n_train = num_train_examples or self._num_train_examples()
+        self.steps_per_epoch = max(1, n_train // self.global_batch)
         self.total_steps = (config.train_steps if config.train_steps
                             else int(math.ceil(config.epochs * self.steps_per_epoch)))
         with self.strategy.scope():
@@ -75,8 +83,12 @@ class Trainer:
             self.optimizer = optim.make_optimizer(o, self.lr_schedule)
             self.optimizer.build(self.model.trainable_variables)
             self.ema = optim.ExponentialMovingAverage(self.model, o.ema_decay) if o.ema_decay else None
+        # Keras keeps the dropout / drop-connect RNG states outside model.weights: checkpoint
+        # them too, so a resumed run draws the same masks as an uninterrupted one.
+        rng = [layer.seed_generator.state for layer in self.model.layers
+               if getattr(layer, "seed_generator", None) is not None]
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              **({"ema": self.ema} if self.ema else {}))
+                                              rng=rng, **({"ema": self.ema} if self.ema else {}))
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, model_dir, max_to_keep=config.keep_checkpoints,
             step_counter=self.optimizer.iterations)
@@ -94,17 +106,22 @@ class Trainer:
 
         dc = self.data_config
 
+        if self.config.resume_data == "reseed" and start_step:
+            import dataclasses
+
+            # A new shuffle order, not a replay: costs nothing, but not bit-exact.
+            dc = dataclasses.replace(dc, seed=(dc.seed or 0) + start_step)
+
         def dataset_fn(ctx):
-            ds = pipeline.build_dataset(dc, "train", self.global_batch, input_context=ctx)
+            if self._custom_dataset_fn is not None:
+                ds = self._custom_dataset_fn(ctx)
+            else:
+                ds = pipeline.build_dataset(dc, "train", self.global_batch, input_context=ctx)
             if start_step and self.config.resume_data == "skip":
                 # Exact resume: replay the deterministic stream up to where we stopped.
                 ds = ds.skip(start_step * ctx.num_replicas_in_sync // ctx.num_input_pipelines)
             return ds
 
-        if self.config.resume_data == "reseed" and start_step:
-            import dataclasses
-
-            dc = dataclasses.replace(dc, seed=(dc.seed or 0) + start_step)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def _eval_dataset(self):

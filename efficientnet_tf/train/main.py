@@ -128,12 +128,16 @@ def run():
 
 
 def _label_names(data_dir):
-    from efficientnet_tf.data import convert
+    """Class names from the converter's labels.json, if the data has one."""
+    import json
 
-    try:
-        return convert.read_label_names(data_dir)
-    except (OSError, ValueError, AttributeError, TypeError):
+    import tensorflow as tf
+
+    path = os.path.join(data_dir or "", "labels.json")
+    if not data_dir or data_dir.startswith("tfds:") or not tf.io.gfile.exists(path):
         return None
+    with tf.io.gfile.GFile(path) as f:
+        return [c["name"] for c in json.load(f)["classes"]]
 
 
 def entry():
