@@ -1,0 +1,332 @@
+"""tpu/: the commands built for Cloud TPU VMs, the shell wrappers, and the training flags they pass.
+
+Nothing here needs TensorFlow or gcloud: a fake `gcloud` first on PATH records its argv.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import pathlib
+import shlex
+import stat
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TPU = ROOT / "tpu"
+MAIN = ROOT / "efficientnet_tf" / "train" / "main.py"
+
+
+def _load_commands():
+    spec = importlib.util.spec_from_file_location("tpu_commands", TPU / "commands.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["tpu_commands"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+C = _load_commands()
+
+
+def defined_flags() -> set[str]:
+    """Flag names from the DEFINE_* calls inside efficientnet_tf/train/main.py:define_flags()."""
+    tree = ast.parse(MAIN.read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "define_flags")
+    names = set()
+    for node in ast.walk(fn):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr.startswith("DEFINE_") and node.args
+                and isinstance(node.args[0], ast.Constant)):
+            names.add(node.args[0].value)
+    return names
+
+
+def train_flags(argv: list[str]) -> dict[str, str | None]:
+    """{flag: value} of the `python3 -m efficientnet_tf.train` part of argv."""
+    i = argv.index("-m")
+    assert argv[i + 1] == "efficientnet_tf.train"
+    out = {}
+    for tok in argv[i + 2:]:
+        assert tok.startswith("--"), tok
+        key, _, value = tok[2:].partition("=")
+        out[key] = value if "=" in tok else None
+    return out
+
+
+def _flag_name(key: str, known: set[str]) -> str:
+    # absl accepts --noFLAG for booleans
+    return key[2:] if key.startswith("no") and key[2:] in known else key
+
+
+# ------------------------------------------------------------------ pure command building
+
+def test_main_py_defines_the_flags_we_expect():
+    flags = defined_flags()
+    assert {"tpu", "strategy", "model_name", "data_dir", "model_dir", "mode",
+            "train_batch_size", "steps_per_execution", "use_bfloat16", "eval_timeout"} <= flags
+
+
+@pytest.mark.parametrize("acc,zone,replicas", [("v3-8", "us-central1-a", 8),
+                                               ("v4-8", "us-central2-b", 4)])
+def test_create_picks_zone_and_runtime_per_generation(acc, zone, replicas):
+    [cmd] = C.create_commands("efn-test", acc)
+    assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "efn-test"]
+    assert f"--zone={zone}" in cmd
+    assert f"--accelerator-type={acc}" in cmd
+    assert "--version=tpu-vm-tf-2.16.1-pjrt" in cmd
+    assert "--spot" not in cmd
+    assert C.parse_accelerator(acc).replicas == replicas
+
+
+def test_create_queued_spot_and_explicit_runtime():
+    [cmd] = C.create_commands("efn-q", "v4-8", project="my-proj", spot=True, queued=True,
+                              runtime="tpu-vm-tf-2.18.0-pjrt-v5p-and-below")
+    assert cmd[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "efn-q-qr"]
+    assert "--node-id=efn-q" in cmd and "--zone=us-central2-b" in cmd
+    assert "--runtime-version=tpu-vm-tf-2.18.0-pjrt-v5p-and-below" in cmd
+    assert "--spot" in cmd and "--project=my-proj" in cmd
+
+
+def test_runtime_version_rules_from_the_docs():
+    v3, v4, v3pod = (C.parse_accelerator(a) for a in ("v3-8", "v4-8", "v3-32"))
+    assert C.runtime_version(v3, "2.16.1") == "tpu-vm-tf-2.16.1-pjrt"
+    assert C.runtime_version(v3, "2.16.1", "se") == "tpu-vm-tf-2.16.1-se"
+    assert C.runtime_version(v3pod, "2.16.1") == "tpu-vm-tf-2.16.1-pod-pjrt"
+    assert C.runtime_version(v3, "2.14.1") == "tpu-vm-tf-2.14.1"
+    assert C.runtime_version(v4, "2.10.0") == "tpu-vm-tf-2.10.0-v4"
+    assert C.runtime_version(v4, "2.10.1") == "tpu-vm-tf-2.10.1"
+    with pytest.raises(ValueError, match="PJRT"):
+        C.runtime_version(C.parse_accelerator("v5litepod-8"), "2.16.1", "se")
+    with pytest.raises(ValueError, match=r"2\.21\.0.*--tf_version=2\.16\.1"):
+        C.runtime_version(v3, "2.21.0")
+    with pytest.raises(ValueError, match="major.minor.patch"):
+        C.runtime_version(v3, "2.16")
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(ValueError, match="Unknown TPU accelerator type 'v9-8'"):
+        C.create_commands("efn", "v9-8")
+    with pytest.raises(ValueError, match="multi-host"):
+        C.create_commands("efn", "v4-16")
+    with pytest.raises(ValueError, match="not a valid TPU name"):
+        C.create_commands("Bad_Name", "v3-8")
+    with pytest.raises(ValueError, match="multiple of the 4 TPU replicas of a v4-8"):
+        C.train_argv("v4-8", bucket="gs://bkt", train_batch_size=1022)
+    with pytest.raises(ValueError, match="Unknown --model"):
+        C.train_argv("v3-8", bucket="gs://bkt", model="efficientnet-b9")
+
+
+@pytest.mark.parametrize("path", ["/data/imagenet", "./runs", "bucket/path", "s3://bkt/x"])
+def test_local_or_foreign_paths_are_rejected(path):
+    with pytest.raises(ValueError, match="must be a Cloud Storage URL like gs://"):
+        C.train_argv("v3-8", bucket=path)
+    with pytest.raises(ValueError, match="--model_dir must be a Cloud Storage URL"):
+        C.train_argv("v3-8", data_dir="gs://bkt/imagenet", model_dir=path)
+    with pytest.raises(ValueError, match="--data_dir must be a Cloud Storage URL"):
+        C.train_argv("v3-8", data_dir=path, model_dir="gs://bkt/run")
+
+
+def test_missing_locations():
+    with pytest.raises(ValueError, match="Give --bucket=gs://BUCKET"):
+        C.train_argv("v3-8")
+
+
+def test_local_path_error_says_what_to_do():
+    with pytest.raises(ValueError) as e:
+        C.check_gcs("/home/me/imagenet", "--data_dir")
+    msg = str(e.value)
+    assert "--data_dir" in msg and "local path" in msg and "commands.py upload" in msg
+    with pytest.raises(ValueError, match="not a valid bucket name"):
+        C.check_gcs("gs://UPPER/x")
+    assert C.check_gcs("gs://my-bkt/runs/") == "gs://my-bkt/runs"
+
+
+@pytest.mark.parametrize("acc,batch", [("v3-8", 2048), ("v4-8", 2048)])
+def test_b0_training_command_has_the_recipe(acc, batch):
+    argv = C.train_argv(acc, bucket="gs://my-bkt")
+    f = train_flags(argv)
+    assert f["tpu"] == "local" and f["strategy"] == "tpu"
+    assert f["model_name"] == "efficientnet-b0"
+    assert f["data_dir"] == "gs://my-bkt/imagenet"
+    assert f["model_dir"] == f"gs://my-bkt/runs/efficientnet-b0-{acc}"
+    assert int(f["train_batch_size"]) == batch
+    assert int(f["train_batch_size"]) % C.parse_accelerator(acc).replicas == 0
+    assert f["steps_per_execution"] == "1251" and f["epochs"] == "350"
+    assert "use_bfloat16" in f and f["mode"] == "train_and_eval"
+
+
+def test_every_training_flag_built_exists_in_main_py():
+    known = defined_flags()
+    argvs = [C.train_argv("v3-8", bucket="gs://bkt", overrides=["optimizer.lr=0.1"]),
+             C.train_argv("v4-8", model_dir="gs://bkt/r", synthetic=True, train_steps=300,
+                          mode="train"),
+             C.eval_argv("gs://bkt/r", "gs://bkt/imagenet"),
+             C.eval_argv("gs://bkt/r", "gs://bkt/imagenet", tpu="local")]
+    for argv in argvs:
+        for key in train_flags(argv):
+            assert _flag_name(key, known) in known, f"--{key} is not defined in {MAIN}"
+
+
+def test_remote_training_runs_in_background_with_pjrt_env():
+    [cmd] = C.train_commands("efn-v4", None, accelerator_type="v4-8", bucket="gs://bkt")
+    assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "efn-v4"]
+    assert "--zone=us-central2-b" in cmd
+    remote = next(c for c in cmd if c.startswith("--command="))[len("--command="):]
+    assert remote.startswith("cd ~/efficientnet_tf && ")
+    assert remote.endswith("2>&1 &")
+    words = shlex.split(remote.split("nohup ", 1)[1].split(" >>")[0])
+    assert words[:3] == ["env", "NEXT_PLUGGABLE_DEVICE_USE_C_API=true",
+                         "TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"]
+    assert train_flags(words[3:])["model_dir"] == "gs://bkt/runs/efficientnet-b0-v4-8"
+    # a stream-executor image gets no PJRT variables
+    assert C.pjrt_env("tpu-vm-tf-2.16.1-se") == [] and C.pjrt_env("tpu-vm-tf-2.14.1") == []
+
+
+def test_eval_runs_on_cpu_unless_a_tpu_is_named():
+    f = train_flags(C.eval_argv("gs://bkt/r", "gs://bkt/imagenet"))
+    assert f["mode"] == "eval" and f["strategy"] == "default" and "tpu" not in f
+    f = train_flags(C.eval_argv("gs://bkt/r", "gs://bkt/imagenet", tpu="local"))
+    assert f["tpu"] == "local" and f["strategy"] == "tpu"
+
+
+def test_storage_commands():
+    [mk] = C.bucket_commands("gs://my-bkt/imagenet", "us-central2-b", "proj")
+    assert mk[:5] == ["gcloud", "storage", "buckets", "create", "gs://my-bkt"]
+    assert "--location=us-central2" in mk
+    [up] = C.upload_commands("/data/tfrecords", "gs://my-bkt/imagenet")
+    assert up == ["gcloud", "storage", "rsync", "/data/tfrecords", "gs://my-bkt/imagenet",
+                  "--recursive"]
+    with pytest.raises(ValueError, match="--dest must be a Cloud Storage URL"):
+        C.upload_commands("/data", "/elsewhere")
+
+
+def test_estimate_hours():
+    assert C.estimate_hours(C.IMAGENET_TRAIN_IMAGES * 350 / 3600) == pytest.approx(1.0)
+    assert C.steps_for_epochs(350, 2048) == 218949  # the TPU reference's default train_steps
+
+
+# ------------------------------------------------------------------ the shell scripts
+
+SCRIPTS = sorted(TPU.glob("*.sh"))
+
+
+def test_there_are_scripts():
+    names = {p.name for p in SCRIPTS}
+    assert {"create_vm.sh", "launch_b0.sh", "launch_eval.sh", "setup_vm.sh"} <= names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def fake_gcloud(tmp_path):
+    """A `gcloud` first on PATH that appends its argv (JSON, one call a line) to a log."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "gcloud_calls.jsonl"
+    exe = bindir / "gcloud"
+    exe.write_text("#!/usr/bin/env python3\nimport json, sys\n"
+                   f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return env, calls
+
+
+def _run(script, *args, env):
+    return subprocess.run(["bash", str(TPU / script), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+
+
+def test_dry_run_prints_and_never_calls_gcloud(fake_gcloud):
+    env, calls = fake_gcloud
+    r = _run("create_vm.sh", "--name=efn-v3", "--accelerator_type=v3-8", "--dry_run", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert shlex.split(lines[0]) == ["gcloud", "compute", "tpus", "tpu-vm", "create", "efn-v3",
+                                     "--zone=us-central1-a", "--accelerator-type=v3-8",
+                                     "--version=tpu-vm-tf-2.16.1-pjrt"]
+    assert "tpu/setup_vm.sh image" in lines[-1]
+    r = _run("launch_b0.sh", "--name=efn-v4", "--accelerator_type=v4-8",
+             "--bucket=gs://my-bkt", "--dry_run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "--zone=us-central2-b" in r.stdout and "--train_batch_size=2048" in r.stdout
+    assert calls() == []
+
+
+def test_create_script_calls_gcloud_with_the_right_arguments(fake_gcloud):
+    env, calls = fake_gcloud
+    r = _run("create_vm.sh", "--name=efn-v4", "--accelerator_type=v4-8", "--project=proj",
+             "--spot", "--tf_source=pypi", env=env)
+    # the fake gcloud succeeds, so all three steps ran: create, scp, ssh setup
+    assert r.returncode == 0, r.stderr
+    create, scp, ssh = calls()
+    assert create == ["compute", "tpus", "tpu-vm", "create", "efn-v4", "--zone=us-central2-b",
+                      "--accelerator-type=v4-8", "--version=tpu-vm-tf-2.16.1-pjrt",
+                      "--project=proj", "--spot"]
+    assert scp[:4] == ["compute", "tpus", "tpu-vm", "scp"]
+    assert scp[5] == "efn-v4:~/efficientnet_tf.tar.gz"
+    assert ssh[:5] == ["compute", "tpus", "tpu-vm", "ssh", "efn-v4"]
+    assert ssh[-1].endswith("bash tpu/setup_vm.sh pypi")
+
+
+def test_launch_script_calls_gcloud_ssh_with_the_training_job(fake_gcloud):
+    env, calls = fake_gcloud
+    r = _run("launch_b0.sh", "--name=efn-v3", "--bucket=gs://my-bkt",
+             "--override=optimizer.lr=0.02", env=env)
+    assert r.returncode == 0, r.stderr
+    [ssh] = calls()
+    assert ssh[:6] == ["compute", "tpus", "tpu-vm", "ssh", "efn-v3", "--zone=us-central1-a"]
+    remote = ssh[-1][len("--command="):]
+    job = shlex.split(remote.split("nohup ", 1)[1].split(" >>")[0])
+    f = train_flags(job[job.index("python3"):])
+    assert f["model_name"] == "efficientnet-b0" and f["override"] == "optimizer.lr=0.02"
+    known = defined_flags()
+    assert all(_flag_name(k, known) in known for k in f)
+
+
+def test_eval_script_and_errors(fake_gcloud):
+    env, calls = fake_gcloud
+    r = _run("launch_eval.sh", "--bucket=gs://my-bkt", "--dry_run", env=env)
+    assert r.returncode == 0, r.stderr
+    f = train_flags(shlex.split(r.stdout.strip()))
+    assert f["mode"] == "eval" and f["model_dir"] == "gs://my-bkt/runs/efficientnet-b0-v3-8"
+    r = _run("launch_b0.sh", "--bucket=/data/imagenet", "--dry_run", env=env)
+    assert r.returncode == 2
+    assert "must be a Cloud Storage URL like gs://" in r.stderr
+    r = _run("create_vm.sh", "--name=efn", "--tf_version=2.21.0", env=env)
+    assert r.returncode == 2 and "2.21.0" in r.stderr
+    assert calls() == []
+
+
+def test_gcloud_failure_stops_the_sequence(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "calls"
+    exe = bindir / "gcloud"
+    exe.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexit 7\n")
+    exe.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    r = _run("create_vm.sh", "--name=efn-v3", env=env)
+    assert r.returncode == 7
+    assert len(log.read_text().splitlines()) == 1  # no scp/ssh after a failed create
+    assert "gcloud exited with 7" in r.stderr
+
+
+def test_requirements_leave_tensorflow_to_the_tpu_image():
+    reqs = [line.split("#")[0].strip() for line in (TPU / "requirements-tpu.txt").read_text()
+            .splitlines()]
+    names = {r.split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in reqs if r}
+    assert "tensorflow" not in names and "tensorflow-cpu" not in names
+    setup = (ROOT / "setup.py").read_text()
+    for dep in ("keras", "absl-py", "pyyaml", "numpy", "h5py", "tensorflow-datasets"):
+        assert dep in names and f'"{dep}' in setup
