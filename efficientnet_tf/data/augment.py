@@ -31,6 +31,10 @@ from efficientnet_tf.data._augment_ops import (  # noqa: F401  (public re-export
     GRAY, autocontrast, brightness, color, contrast, cutout, equalize, invert, posterize,
     rotate, sharpness, shear_x, shear_y, solarize, solarize_add, translate_x, translate_y)
 
+# No Python control flow depends on tensors here: skipping AutoGraph's source conversion
+# makes tracing inside tf.data map faster.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 MAX_LEVEL = 10.0
 AUGMENT_NAMES = ("autoaugment", "randaugment")
 
@@ -109,24 +113,32 @@ def _as_seed(seed) -> tf.Tensor:
     return seed
 
 
-def _negate_half(value: float, rng: Rng) -> tf.Tensor:
+def _negate_half(value: tf.Tensor, rng: Rng) -> tf.Tensor:
     return tf.where(rng.uniform() < 0.5, -value, value)
 
 
-def level_to_arg(name: str, level: float, rng: Rng, translate_const: float = 250,
+def level_to_arg(name: str, level, rng: Rng, translate_const: float = 250,
                  cutout_const: float = 100) -> tuple:
-    """The reference's mapping from a level (0..10, RandAugment allows more) to op arguments."""
-    frac = float(level) / MAX_LEVEL
+    """The reference's mapping from a level (0..10, RandAugment allows more) to op arguments.
+
+    level may be a Python number or a scalar tensor. The arithmetic is float64 like the
+    reference's Python, so int(level / 10 * k) truncates identically.
+    """
+    frac = tf.cast(level, tf.float64) / MAX_LEVEL
+
+    def trunc(k):
+        return tf.cast(tf.floor(frac * k), tf.int32)
+
     if name in ("AutoContrast", "Equalize", "Invert"):
         return ()
     if name == "Rotate":
         return (_negate_half(frac * 30.0, rng),)
     if name == "Posterize":
-        return (int(frac * 4),)
+        return (trunc(4.0),)
     if name == "Solarize":
-        return (int(frac * 256),)
+        return (trunc(256.0),)
     if name == "SolarizeAdd":
-        return (int(frac * 110),)
+        return (trunc(110.0),)
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):
         return (frac * 1.8 + 0.1,)
     if name in ("ShearX", "ShearY"):
@@ -134,11 +146,11 @@ def level_to_arg(name: str, level: float, rng: Rng, translate_const: float = 250
     if name in ("TranslateX", "TranslateY"):
         return (_negate_half(frac * float(translate_const), rng),)
     if name == "Cutout":
-        return (int(frac * cutout_const),)
-    raise ValueError(f"unknown augmentation op {name!r}; valid: {sorted(_OPS)}")
+        return (trunc(float(cutout_const)),)
+    raise ValueError(f"unknown augmentation op {name!r}; valid: {sorted(OP_NAMES)}")
 
 
-def _cutout_random(image: tf.Tensor, pad_size: int, rng: Rng) -> tf.Tensor:
+def _cutout_random(image: tf.Tensor, pad_size, rng: Rng) -> tf.Tensor:
     shape = tf.shape(image)
     center = (rng.integer(shape[0]), rng.integer(shape[1]))
     return ops.cutout(image, pad_size, center, GRAY)
@@ -151,48 +163,56 @@ _OPS: dict[str, Callable] = {
     "Brightness": ops.brightness, "Sharpness": ops.sharpness, "ShearX": ops.shear_x,
     "ShearY": ops.shear_y, "TranslateX": ops.translate_x, "TranslateY": ops.translate_y,
 }
+OP_NAMES = RANDAUGMENT_OPS  # every op either policy uses, in RandAugment's order
 
 
-def apply_op(image: tf.Tensor, name: str, level: float, rng: Rng | None = None,
+@_no_autograph
+def apply_op(image: tf.Tensor, name: str, level, rng: Rng | None = None,
              translate_const: float = 250, cutout_const: float = 100) -> tf.Tensor:
     """Applies op `name` (reference naming, e.g. "ShearX") at `level`, always."""
     rng = rng or Rng()
     args = level_to_arg(name, level, rng, translate_const, cutout_const)
     if name == "Cutout":
-        return _cutout_random(image, args[0], rng)
-    return _OPS[name](image, *args)
-
-
-def _apply_with_prob(image, name, prob, level, rng, consts) -> tf.Tensor:
-    if prob <= 0.0:
-        return image
-    if prob >= 1.0:
-        return apply_op(image, name, level, rng, **consts)
-    return tf.cond(rng.uniform() < prob,
-                   lambda: apply_op(image, name, level, rng, **consts), lambda: image)
-
-
-def autoaugment(image: tf.Tensor, policy: str = "v0", seed=None) -> tf.Tensor:
-    """AutoAugment: one uniformly chosen sub-policy of `policy` (only "v0") per image."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown AutoAugment policy {policy!r}; valid: {sorted(POLICIES)}")
-    image = ops._check_image(image)
-    rng = Rng(seed)
-    subpolicies = POLICIES[policy]
-
-    def branch(sub):
-        def run():
-            out = image
-            for name, prob, level in sub:
-                out = _apply_with_prob(out, name, prob, level, rng, AUTOAUGMENT_CONSTS)
-            return out
-        return run
-
-    which = rng.integer(len(subpolicies))
-    out = tf.switch_case(which, [branch(sub) for sub in subpolicies])
+        out = _cutout_random(image, args[0], rng)
+    else:
+        out = _OPS[name](image, *args)
     return tf.ensure_shape(out, image.shape)
 
 
+def _apply_op_by_index(image, op_index, level, rng: Rng, consts: dict) -> tf.Tensor:
+    """Runs only the op OP_NAMES[op_index] (a tensor); one graph copy of each op."""
+    def branch(name):
+        return lambda: apply_op(image, name, level, rng, **consts)
+    out = tf.switch_case(op_index, [branch(name) for name in OP_NAMES])
+    return tf.ensure_shape(out, image.shape)
+
+
+@_no_autograph
+def autoaugment(image: tf.Tensor, policy: str = "v0", seed=None) -> tf.Tensor:
+    """AutoAugment: one uniformly chosen sub-policy of `policy` (only "v0") per image.
+
+    The policy is a table of (op index, probability, level) gathered by the chosen
+    sub-policy, so the graph holds each op once per step rather than once per sub-policy.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown AutoAugment policy {policy!r}; valid: {sorted(POLICIES)}")
+    image = ops._check_image(image)
+    table = POLICIES[policy]
+    op_ids = tf.constant([[OP_NAMES.index(n) for n, _, _ in sub] for sub in table], tf.int32)
+    probs = tf.constant([[p for _, p, _ in sub] for sub in table], tf.float32)
+    levels = tf.constant([[lv for _, _, lv in sub] for sub in table], tf.float64)
+    rng = Rng(seed)
+    which = rng.integer(len(table))
+    out = image
+    for step in range(op_ids.shape[1]):
+        def run(current=out, step=step):
+            return _apply_op_by_index(current, op_ids[which, step], levels[which, step], rng,
+                                      AUTOAUGMENT_CONSTS)
+        out = tf.cond(rng.uniform() < probs[which, step], run, lambda current=out: current)
+    return tf.ensure_shape(out, image.shape)
+
+
+@_no_autograph
 def randaugment(image: tf.Tensor, num_layers: int = 2, magnitude: float = 10.0,
                 seed=None) -> tf.Tensor:
     """RandAugment: `num_layers` uniformly chosen ops, each at level `magnitude`."""
@@ -204,14 +224,12 @@ def randaugment(image: tf.Tensor, num_layers: int = 2, magnitude: float = 10.0,
     rng = Rng(seed)
     out = image
     for _ in range(int(num_layers)):
-        def branch(name, current=out):
-            return lambda: apply_op(current, name, magnitude, rng, **RANDAUGMENT_CONSTS)
-        which = rng.integer(len(RANDAUGMENT_OPS))
-        out = tf.switch_case(which, [branch(name) for name in RANDAUGMENT_OPS])
-        out = tf.ensure_shape(out, image.shape)
+        which = rng.integer(len(OP_NAMES))
+        out = _apply_op_by_index(out, which, float(magnitude), rng, RANDAUGMENT_CONSTS)
     return out
 
 
+@_no_autograph
 def distort(image: tf.Tensor, augment_name: str, randaug_num_layers: int = 2,
             randaug_magnitude: float = 10.0, seed=None) -> tf.Tensor:
     """Applies "autoaugment" (policy v0) or "randaugment" to a uint8 [H, W, 3] image."""
