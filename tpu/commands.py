@@ -91,8 +91,8 @@ class Accelerator:
 def parse_accelerator(text: str) -> Accelerator:
     m = re.fullmatch(r"(v2|v3|v4|v5litepod|v5p|v6e)-(\d+)", text or "")
     if not m:
-        raise ValueError(f"Unknown TPU accelerator type {text!r}; use e.g. v3-8, v4-8, v5litepod-8, "
-                         f"v5p-8 or v6e-8 (generation-size as gcloud spells it).")
+        raise ValueError(f"Unknown TPU accelerator type {text!r}; use e.g. v3-8, v4-8, "
+                         f"v5litepod-8, v5p-8 or v6e-8 (generation-size as gcloud spells it).")
     return Accelerator(text, GENERATIONS[m.group(1)], int(m.group(2)))
 
 
@@ -117,8 +117,9 @@ def runtime_version(acc: Accelerator, tf_version: str = DEFAULT_TF_VERSION,
         newest = ".".join(map(str, NEWEST_DOCUMENTED_TF))
         raise ValueError(
             f"No TPU VM software version for TensorFlow {tf_version} is documented (the newest in "
-            f"cloud.google.com/tpu/docs/runtimes is {newest}). Use --tf_version={DEFAULT_TF_VERSION} "
-            f"and install our package with --no-deps (tpu/README.md), or pick an image from "
+            f"cloud.google.com/tpu/docs/runtimes is {newest}). Use "
+            f"--tf_version={DEFAULT_TF_VERSION} and install our package with --no-deps "
+            f"(tpu/README.md), or pick an image from "
             f"`gcloud compute tpus tpu-vm versions list --zone=ZONE` and pass --runtime_version.")
     if v < gen.min_tf:
         raise ValueError(f"TPU {gen.name} needs TensorFlow >= {'.'.join(map(str, gen.min_tf))} "
@@ -126,7 +127,8 @@ def runtime_version(acc: Accelerator, tf_version: str = DEFAULT_TF_VERSION,
     pod = "-pod" if acc.multi_host else ""
     if v >= (2, 15, 0):
         if device_api == "se" and gen.name in ("v5litepod", "v5p", "v6e"):
-            raise ValueError(f"TPU {gen.name} supports only the PJRT runtime; drop --device_api=se.")
+            raise ValueError(f"TPU {gen.name} supports only the PJRT runtime; drop "
+                             f"--device_api=se.")
         return f"tpu-vm-tf-{tf_version}{pod}-{device_api}"
     if gen.name == "v4" and v <= (2, 10, 0):
         return f"tpu-vm-tf-{tf_version}{pod}-v4"
@@ -159,9 +161,9 @@ def zone_for(acc: Accelerator, zone: str | None) -> str:
     if not zone:
         return acc.generation.zones[0]
     if zone not in acc.generation.zones:
-        print(f"warning: {acc.type} is documented only in {', '.join(acc.generation.zones)}; "
-              f"using --zone={zone} anyway (check `gcloud compute tpus locations list`).",
-              file=sys.stderr)
+        print(f"warning: the docs list {acc.type} in {', '.join(acc.generation.zones)}; using "
+              f"--zone={zone} anyway (check: gcloud compute tpus tpu-vm accelerator-types list "
+              f"--zone={zone}).", file=sys.stderr)
     return zone
 
 
@@ -239,7 +241,8 @@ def install_commands(name: str, zone: str, project: str | None = None,
     """Copies this checkout (git archive of HEAD) to the VM and runs tpu/setup_vm.sh there."""
     if tf_source not in ("image", "pypi"):
         raise ValueError(f"--tf_source must be image or pypi; got {tf_source!r}.")
-    remote = (f"mkdir -p ~/efficientnet_tf && tar -xzf ~/efficientnet_tf.tar.gz -C ~/efficientnet_tf"
+    remote = ("mkdir -p ~/efficientnet_tf"
+              " && tar -xzf ~/efficientnet_tf.tar.gz -C ~/efficientnet_tf"
               f" && cd ~/efficientnet_tf && bash tpu/setup_vm.sh {tf_source}")
     return [["git", "-C", REPO_ROOT, "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],
             ["gcloud", "compute", "tpus", "tpu-vm", "scp", archive,
@@ -339,8 +342,9 @@ def train_commands(name: str | None, zone: str | None, project: str | None = Non
         return [argv]
     acc = parse_accelerator(kwargs["accelerator_type"])
     runtime = runtime or runtime_version(acc, tf_version)
+    log = f"~/{kwargs.get('run_name') or 'train'}.log"
     return [ssh_command(name, zone_for(acc, zone), project,
-                        remote_job(argv, pjrt_env(runtime), log=f"~/{kwargs.get('run_name') or 'train'}.log"))]
+                        remote_job(argv, pjrt_env(runtime), log=log))]
 
 
 def estimate_hours(images_per_sec: float, epochs: float = 350) -> float:
