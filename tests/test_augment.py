@@ -233,6 +233,7 @@ def test_policies_change_images_and_keep_static_shape(photos):
         changed.append(not np.array_equal(out.numpy(), img))
     assert sum(changed) >= 8  # most of the 16 ops change the image at magnitude 10
     np.testing.assert_array_equal(augment.randaugment(img, 0, 10.0, seed=1), img)
+    assert augment.randaugment(img, 1, tf.constant(5.0), seed=2).shape == img.shape
     for name in augment.AUGMENT_NAMES:  # unseeded: stateful tf.random ops
         assert augment.distort(img, name).shape == img.shape
     spec = tf.TensorSpec([224, 224, 3], tf.uint8)

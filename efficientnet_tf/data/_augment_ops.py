@@ -41,9 +41,8 @@ def _f32(x) -> tf.Tensor:
 
 def _apply_lut(image: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
     """Maps each channel c of `image` through lut[c] ([3, 256] int table)."""
-    idx = tf.cast(image, tf.int32) + tf.constant([0, 256, 512], tf.int32)
-    out = tf.gather(tf.reshape(lut, [-1]), idx)
-    return tf.cast(tf.clip_by_value(out, 0, 255), tf.uint8)
+    table = tf.cast(tf.clip_by_value(tf.reshape(lut, [-1]), 0, 255), tf.uint8)
+    return tf.gather(table, tf.cast(image, tf.int32) + tf.constant([0, 256, 512], tf.int32))
 
 
 def _channel_histograms(image: tf.Tensor) -> tf.Tensor:

@@ -13,6 +13,14 @@ policy table, its level -> argument mapping and its random choices:
 - Rotate, ShearX/Y and TranslateX/Y are negated with probability 1/2. Geometric ops and
   Cutout fill with gray 128.
 
+Where the reference's TF ops differ from PIL we follow PIL (the policies were searched with
+PIL): Contrast blends towards the mean gray level (the reference used pixel_count / 256),
+Sharpness rounds its smoothed image, affine maps use PIL's pixel-centre convention (the
+reference's are half a pixel off for shear), Color uses PIL's "L" weights, and Posterize
+with 0 bits (v0's level 2) gives black (the reference on CPU kept 1 bit: TF clamps a
+uint8 shift by 8 to 7). Geometric ops use NEAREST interpolation, as the reference's
+tf.contrib.image calls and PIL's defaults did.
+
 Randomness: with seed=None, stateful tf.random ops. With a seed (int or int [2] tensor), every
 draw is stateless and derived from it, so the output is a pure function of (image, seed). Give
 each element its own seed (e.g. from Dataset.enumerate or tf.data.Dataset.random), otherwise
@@ -215,17 +223,23 @@ def autoaugment(image: tf.Tensor, policy: str = "v0", seed=None) -> tf.Tensor:
 @_no_autograph
 def randaugment(image: tf.Tensor, num_layers: int = 2, magnitude: float = 10.0,
                 seed=None) -> tf.Tensor:
-    """RandAugment: `num_layers` uniformly chosen ops, each at level `magnitude`."""
+    """RandAugment: `num_layers` uniformly chosen ops, each at level `magnitude`.
+
+    magnitude is on the 0..10 scale of AutoAugment (the reference used 10; larger values
+    extrapolate, e.g. enhance factor 3.7 at 20). It may be a scalar tensor.
+    """
     if int(num_layers) != num_layers or num_layers < 0:
         raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
-    if not isinstance(magnitude, numbers.Real) or magnitude < 0:
-        raise ValueError(f"magnitude must be a number >= 0, got {magnitude!r}")
+    if not tf.is_tensor(magnitude) and (not isinstance(magnitude, numbers.Real)
+                                        or magnitude < 0):
+        raise ValueError(f"magnitude must be a number >= 0 or a scalar tensor, "
+                         f"got {magnitude!r}")
     image = ops._check_image(image)
     rng = Rng(seed)
     out = image
     for _ in range(int(num_layers)):
         which = rng.integer(len(OP_NAMES))
-        out = _apply_op_by_index(out, which, float(magnitude), rng, RANDAUGMENT_CONSTS)
+        out = _apply_op_by_index(out, which, magnitude, rng, RANDAUGMENT_CONSTS)
     return out
 
 
