@@ -11,7 +11,7 @@ case "$mode" in
   image)
     python3 -c 'import tensorflow as tf; print("TPU VM image TensorFlow", tf.__version__)'
     python3 -m pip install -r tpu/requirements-tpu.txt
-    python3 -m pip install --no-deps -e .
+    python3 -m pip install --no-deps .
     ;;
   pypi)
     python3 -m venv ~/efn-venv
@@ -19,7 +19,7 @@ case "$mode" in
     python3 -m pip install -U pip
     python3 -m pip install "tensorflow-tpu==2.20.0"
     python3 -m pip install -r tpu/requirements-tpu.txt
-    python3 -m pip install --no-deps -e .
+    python3 -m pip install --no-deps .
     ;;
   *)
     echo "usage: bash tpu/setup_vm.sh [image|pypi]" >&2
