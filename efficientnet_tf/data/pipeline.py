@@ -63,9 +63,6 @@ class DataConfig:
                              f"{preprocessing.RESIZE_METHODS}")
         if self.image_size <= 0 or self.num_classes <= 0:
             raise ValueError("image_size and num_classes must be positive")
-        if not self.synthetic and not self.data_dir:
-            raise ValueError("DataConfig needs data_dir (TFRecord folder or 'tfds:<name>') "
-                             "or synthetic=True")
 
 
 def _split(split: str) -> str:
@@ -180,6 +177,9 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
         raise ValueError(f"batch size per replica must be positive, got {batch}")
     if config.synthetic:
         return _synthetic(config, batch, input_context, repeat)
+    if not config.data_dir:
+        raise ValueError("DataConfig.data_dir is empty: give a TFRecord folder, 'tfds:<name>' or "
+                         "set synthetic=True")
 
     if config.data_dir.startswith("tfds:"):
         ds = _tfds_source(config, split, is_train, input_context)
@@ -232,7 +232,11 @@ def count_examples(config: DataConfig, split: str) -> int:
         import tensorflow_datasets as tfds
         name, tfds_dir = _tfds_name_and_dir(config.data_dir)
         info = tfds.builder(name, data_dir=tfds_dir).info
-        return info.splits[config.tfds_train_split if is_train else config.tfds_eval_split].num_examples
+        tfds_split = config.tfds_train_split if is_train else config.tfds_eval_split
+        if tfds_split not in info.splits:
+            raise ValueError(f"TFDS data set {name!r} has no prepared split {tfds_split!r} (has "
+                             f"{list(info.splits)}); prepare it or set tfds_train/eval_split")
+        return info.splits[tfds_split].num_examples
     pattern = config.train_file_pattern if is_train else config.eval_file_pattern
     info_path = os.path.join(config.data_dir, "dataset_info.json")
     if tf.io.gfile.exists(info_path):
