@@ -20,8 +20,8 @@ Tolerances and where TF and PIL legitimately differ:
 Where the TPU reference itself departs from PIL and we follow PIL instead: Contrast's mean
 (the reference used pixel_count / 256), Sharpness (the reference truncates the smoothed value
 instead of rounding), shear/rotate half-pixel offset (the reference maps pixel indices, not
-centres), Color's gray (tf.image.rgb_to_grayscale weights vs PIL's fixed point), and
-Posterize with 0 bits (black here, as PIL's formula; TF's CPU shift clamping kept 1 bit).
+centres) and Color's gray (tf.image.rgb_to_grayscale weights vs PIL's fixed point). Posterize
+with 0 bits, which Pillow refuses, keeps 1 bit like the reference did on CPU.
 """
 
 import os
@@ -90,10 +90,14 @@ def test_lut_ops_match_pil_exactly(photos, photo):
         _assert_exact(ops.solarize_add(a, add), p.point(lut * 3), f"solarize_add {add}")
 
 
-def test_posterize_zero_bits_is_black(photos):
-    # Pillow >= 10 refuses bits=0; its mask formula ~(2**8 - 1) keeps nothing.
-    out = ops.posterize(photos["coffee"], 0).numpy()
-    assert out.max() == 0
+def test_posterize_zero_bits_keeps_one_bit(photos):
+    # Pillow >= 10 refuses bits=0. The reference's TF op on CPU shifted a uint8 by 8, which TF
+    # clamps to 7, keeping the top bit; we do the same rather than return a black image.
+    a = photos["coffee"]
+    ref = tf.bitwise.left_shift(tf.bitwise.right_shift(tf.constant(a), tf.constant(8, tf.uint8)),
+                                tf.constant(8, tf.uint8))
+    _assert_exact(ops.posterize(a, 0), ref, "posterize 0 vs the reference's TF CPU op")
+    _assert_exact(ops.posterize(a, 0), ImageOps.posterize(Image.fromarray(a), 1), "posterize 0")
 
 
 @pytest.mark.parametrize("photo", PHOTOS)

@@ -76,12 +76,13 @@ def invert(image: tf.Tensor) -> tf.Tensor:
 def posterize(image: tf.Tensor, bits) -> tf.Tensor:
     """PIL ImageOps.posterize: keep the `bits` high bits of every channel.
 
-    bits is clipped to [0, 8]. bits=0 gives a black image (PIL's mask formula; Pillow >= 10
-    refuses 0). The TPU reference's level mapping yields 0 for level < 2.5; its TF CPU op
-    (shift by 8 on uint8, which TF clamps to 7) kept 1 bit there instead.
+    bits is clipped to [1, 8] (Pillow accepts 1..8). bits=0, which the reference's level
+    mapping gives for levels below 2.5 (v0 uses level 2), keeps 1 bit: that is what the
+    reference computed on the host CPU (TF clamps a uint8 shift by 8 to 7), rather than a
+    black image.
     """
     image = _check_image(image)
-    shift = 8 - tf.clip_by_value(tf.cast(bits, tf.int32), 0, 8)
+    shift = 8 - tf.clip_by_value(tf.cast(bits, tf.int32), 1, 8)
     mask = tf.bitwise.bitwise_and(tf.bitwise.left_shift(255, shift), 255)
     return tf.bitwise.bitwise_and(image, tf.cast(mask, tf.uint8))
 

@@ -16,9 +16,9 @@ policy table, its level -> argument mapping and its random choices:
 Where the reference's TF ops differ from PIL we follow PIL (the policies were searched with
 PIL): Contrast blends towards the mean gray level (the reference used pixel_count / 256),
 Sharpness rounds its smoothed image, affine maps use PIL's pixel-centre convention (the
-reference's are half a pixel off for shear), Color uses PIL's "L" weights, and Posterize
-with 0 bits (v0's level 2) gives black (the reference on CPU kept 1 bit: TF clamps a
-uint8 shift by 8 to 7). Geometric ops use NEAREST interpolation, as the reference's
+reference's are half a pixel off for shear), and Color uses PIL's "L" weights. Posterize with
+0 bits (v0's level 2; Pillow refuses 0) keeps 1 bit, as the reference did on the host CPU
+(TF clamps a uint8 shift by 8 to 7), not a black image. Geometric ops use NEAREST interpolation, as the reference's
 tf.contrib.image calls and PIL's defaults did.
 
 Randomness: with seed=None, stateful tf.random ops. With a seed (int or int [2] tensor), every
