@@ -24,6 +24,7 @@ centres) and Color's gray (tf.image.rgb_to_grayscale weights vs PIL's fixed poin
 with 0 bits, which Pillow refuses, keeps 1 bit like the reference did on CPU.
 """
 
+import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -227,6 +228,70 @@ def test_distort_under_tf_data_map(photos, augment_name):
         assert out.dtype == np.uint8 and out.shape == img.shape
         np.testing.assert_array_equal(out, out2)  # same seed -> same pixels
     assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def _noise(seed=0):
+    # Values 60..190: no channel is full-range, so AutoContrast/Equalize always change it.
+    return np.random.default_rng(seed).integers(60, 191, (16, 16, 3), dtype=np.uint8)
+
+
+def test_randaugment_picks_ops_uniformly_and_negates_half():
+    """N=1, M=10 on a 16x16 image: every output is exactly one of the candidate op outputs.
+
+    (Translate by 100 px and Cutout with pad 40 both give an all-gray image here.) Seeded,
+    so the counts are deterministic; bounds are about 3.5 binomial sigmas.
+    """
+    img = _noise()
+    cands = {
+        "AutoContrast": ops.autocontrast(img), "Equalize": ops.equalize(img),
+        "Invert": ops.invert(img), "Posterize": ops.posterize(img, 4),
+        "Solarize": ops.solarize(img, 256), "SolarizeAdd": ops.solarize_add(img, 110),
+        "Color": ops.color(img, 1.9), "Contrast": ops.contrast(img, 1.9),
+        "Brightness": ops.brightness(img, 1.9), "Sharpness": ops.sharpness(img, 1.9),
+        "Rotate+": ops.rotate(img, 30.0), "Rotate-": ops.rotate(img, -30.0),
+        "ShearX+": ops.shear_x(img, 0.3), "ShearX-": ops.shear_x(img, -0.3),
+        "ShearY+": ops.shear_y(img, 0.3), "ShearY-": ops.shear_y(img, -0.3),
+        "gray": np.full_like(img, 128)}
+    cands = {k: np.asarray(v) for k, v in cands.items()}
+    n = 800
+    ds = tf.data.Dataset.range(n).map(
+        lambda i: augment.randaugment(img, 1, 10.0, seed=tf.stack([i, 5])))
+    counts = dict.fromkeys(cands, 0)
+    for out in ds.as_numpy_iterator():
+        match = [k for k, v in cands.items() if np.array_equal(out, v)]
+        assert len(match) == 1, match
+        counts[match[0]] += 1
+    for k, c in counts.items():
+        share = 3 if k == "gray" else 0.5 if k[-1] in "+-" else 1  # in units of 1/16
+        expect = n * share / 16
+        assert abs(c - expect) <= 3.5 * np.sqrt(expect) + 1, (k, c, expect)
+
+
+def test_autoaugment_probabilities():
+    """Fraction of unchanged images matches the v0 table's probabilities.
+
+    On this image Rotate/Shear at level 0, Solarize at level 10 (threshold 256) and prob-0 ops
+    are no-ops, and Solarize(level 2) applied twice restores the image; everything else
+    changes it. Flipping the probabilities (p -> 1 - p) would predict 0.41 instead of 0.19.
+    """
+    noop = {("Rotate", 0), ("ShearX", 0), ("ShearY", 0), ("Solarize", 10)}
+    expected = []
+    for sub in augment.POLICY_V0:
+        p_same = 0.0
+        for applied in itertools.product((0, 1), repeat=2):
+            p, effective = 1.0, []
+            for (name, prob, level), a in zip(sub, applied):
+                p *= prob if a else 1 - prob
+                if a and (name, level) not in noop:
+                    effective.append((name, level))
+            if not effective or effective == [("Solarize", 2)] * 2:
+                p_same += p
+        expected.append(p_same)
+    expected = float(np.mean(expected))
+    img, n = _noise(), 600
+    ds = tf.data.Dataset.range(n).map(lambda i: augment.autoaugment(img, seed=tf.stack([i, 11])))
+    same = np.mean([np.array_equal(o, img) for o in ds.as_numpy_iterator()])
+    assert abs(same - expected) <= 3.5 * np.sqrt(expected * (1 - expected) / n), (same, expected)
 
 
 def test_policies_change_images_and_keep_static_shape(photos):
