@@ -157,7 +157,7 @@ def fetch_weights(variant: str, include_top: bool = True, *, base_url: str | Non
                     h.update(chunk)
                     out.write(chunk)
         except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", None) or e
+            reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
             raise WeightsDownloadError(
                 f"Could not download the EfficientNet-{variant.upper()} ImageNet weights from "
                 f"{url}: {reason}.\nIf this machine is offline, get that file on a machine "
