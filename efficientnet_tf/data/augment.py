@@ -18,8 +18,8 @@ PIL): Contrast blends towards the mean gray level (the reference used pixel_coun
 Sharpness rounds its smoothed image, affine maps use PIL's pixel-centre convention (the
 reference's are half a pixel off for shear), and Color uses PIL's "L" weights. Posterize with
 0 bits (v0's level 2; Pillow refuses 0) keeps 1 bit, as the reference did on the host CPU
-(TF clamps a uint8 shift by 8 to 7), not a black image. Geometric ops use NEAREST interpolation, as the reference's
-tf.contrib.image calls and PIL's defaults did.
+(TF clamps a uint8 shift by 8 to 7), not a black image. Geometric ops use NEAREST
+interpolation, as the reference's tf.contrib.image calls and PIL's defaults did.
 
 Randomness: with seed=None, stateful tf.random ops. With a seed (int or int [2] tensor), every
 draw is stateless and derived from it, so the output is a pure function of (image, seed). Give
@@ -228,7 +228,7 @@ def randaugment(image: tf.Tensor, num_layers: int = 2, magnitude: float = 10.0,
     magnitude is on the 0..10 scale of AutoAugment (the reference used 10; larger values
     extrapolate, e.g. enhance factor 3.7 at 20). It may be a scalar tensor.
     """
-    if int(num_layers) != num_layers or num_layers < 0:
+    if not isinstance(num_layers, numbers.Integral) or num_layers < 0:
         raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
     if not tf.is_tensor(magnitude) and (not isinstance(magnitude, numbers.Real)
                                         or magnitude < 0):
