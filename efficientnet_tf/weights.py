@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import io
 import os
 import re
@@ -156,12 +157,12 @@ def fetch_weights(variant: str, include_top: bool = True, *, base_url: str | Non
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     h.update(chunk)
                     out.write(chunk)
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
             raise WeightsDownloadError(
                 f"Could not download the EfficientNet-{variant.upper()} ImageNet weights from "
                 f"{url}: {reason}.\nIf this machine is offline, get that file on a machine "
-                f"with internet access ({url}, md5 {WEIGHTS_HASHES[variant][0 if include_top else 1]}) "
+                f"with internet access ({url}, hash {expected}) "
                 f"and pass its path instead: EfficientNet{variant.upper()}("
                 f"include_top={include_top}, weights=\"/path/to/{name}\"); or copy it to "
                 f"{path} (it is checked against the hash), or point ${URL_ENV} at a mirror."
@@ -172,6 +173,7 @@ def fetch_weights(variant: str, include_top: bool = True, *, base_url: str | Non
                 f"Downloaded {url} has hash {got} but {expected} was expected; the file was "
                 "discarded (corrupt download or wrong mirror). Try again, or download it "
                 f"yourself and pass weights=\"/path/to/{name}\".")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; keras' cache files are world-readable
         os.replace(tmp, path)
         tmp = None
     finally:
