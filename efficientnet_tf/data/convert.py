@@ -1,4 +1,4 @@
-"""Image folders or IDX files -> sharded TFRecords in the TPU reference's format.
+r"""Image folders or IDX files -> sharded TFRecords in the TPU reference's format.
 
     python -m efficientnet_tf.data.convert --idx_dir=/usr/share/datasets/fashion-mnist \
         --output_dir=/tmp/fmnist
@@ -26,7 +26,7 @@ import re
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
