@@ -433,4 +433,4 @@ def test_ema_under_mirrored_strategy_two_cpus(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT.replace("{tmp}", str(tmp_path))],
                           capture_output=True, text=True, env=env, timeout=240, cwd=REPO)
-    assert "MIRRORED_OK" in proc.stdout, proc.stderr[-4000:]
+    assert "MIRRORED_OK" in proc.stdout, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])

@@ -226,7 +226,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NONE):
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE
+                         and (optional or base is not str)):
         if optional:
             return None
         _fail(f"{key} cannot be empty/None; give a {base.__name__}.")
