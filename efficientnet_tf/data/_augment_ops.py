@@ -39,6 +39,22 @@ def _f32(x) -> tf.Tensor:
     return tf.cast(x, tf.float32)
 
 
+def _select(mask: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """uint8 where(mask, a, b) as b + (a - b) * mask in wrap-around uint8 arithmetic.
+
+    Exact (the result is a or b, both in range) and several times faster than tf.where on
+    uint8 images on CPU.
+    """
+    return b + (a - b) * tf.cast(mask, tf.uint8)
+
+
+def _below(image: tf.Tensor, threshold) -> tf.Tensor:
+    """uint8 0/1 mask of image < threshold, for any int threshold (e.g. 256), no int32 copy."""
+    t = tf.cast(threshold, tf.int32)
+    lt = tf.cast(image < tf.cast(tf.clip_by_value(t, 0, 255), tf.uint8), tf.uint8)
+    return tf.maximum(lt, tf.cast(t > 255, tf.uint8))
+
+
 def _apply_lut(image: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
     """Maps each channel c of `image` through lut[c] ([3, 256] int table)."""
     table = tf.cast(tf.clip_by_value(tf.reshape(lut, [-1]), 0, 255), tf.uint8)
@@ -53,17 +69,24 @@ def _channel_histograms(image: tf.Tensor) -> tf.Tensor:
 
 
 def blend(image1: tf.Tensor, image2: tf.Tensor, factor) -> tf.Tensor:
-    """PIL Image.blend: image1 + factor * (image2 - image1), float32, clipped, truncated."""
+    """PIL Image.blend: image1 + factor * (image2 - image1), float32, clipped, truncated.
+
+    image1 may be anything that broadcasts against image2 (a gray [H, W, 1], a scalar).
+    """
     a = _f32(image1)
     out = a + _f32(factor) * (_f32(image2) - a)
     return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
 
 
 def grayscale(image: tf.Tensor) -> tf.Tensor:
-    """PIL convert("L") as [H, W, 1] int32 (fixed-point ITU-R 601-2 luma, rounded)."""
-    x = tf.cast(image, tf.int32)
-    lum = x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000
-    return tf.bitwise.right_shift(lum, 16)[..., None]
+    """PIL convert("L") as [H, W, 1] float32: (19595 R + 38470 G + 7471 B + 0x8000) >> 16.
+
+    The sum is an integer below 2^24, so float32 holds it exactly and the floor of its
+    division by 2^16 equals PIL's shift.
+    """
+    x = _f32(image)
+    lum = x[..., 0:1] * 19595.0 + x[..., 1:2] * 38470.0 + x[..., 2:3] * 7471.0 + 32768.0
+    return tf.floor(lum * (1.0 / 65536.0))
 
 
 # --- pixel ops ---------------------------------------------------------------------------
@@ -90,16 +113,18 @@ def posterize(image: tf.Tensor, bits) -> tf.Tensor:
 def solarize(image: tf.Tensor, threshold=128) -> tf.Tensor:
     """PIL ImageOps.solarize: invert every value >= threshold (threshold may be 256)."""
     image = _check_image(image)
-    below = tf.cast(image, tf.int32) < tf.cast(threshold, tf.int32)
-    return tf.where(below, image, 255 - image)
+    return tf.bitwise.bitwise_xor(image, (1 - _below(image, threshold)) * 255)
 
 
 def solarize_add(image: tf.Tensor, addition, threshold=128) -> tf.Tensor:
     """Add `addition` to every value below threshold, clipped to [0, 255] (AutoAugment's op)."""
     image = _check_image(image)
-    x = tf.cast(image, tf.int32)
-    added = tf.cast(tf.clip_by_value(x + tf.cast(addition, tf.int32), 0, 255), tf.uint8)
-    return tf.where(x < tf.cast(threshold, tf.int32), added, image)
+    add = tf.cast(addition, tf.int32)
+    up = tf.cast(tf.clip_by_value(add, 0, 255), tf.uint8)
+    down = tf.cast(tf.clip_by_value(-add, 0, 255), tf.uint8)
+    added = image + tf.minimum(255 - image, up)  # saturating uint8 add ...
+    added = added - tf.minimum(added, down)  # ... and subtract
+    return _select(_below(image, threshold), added, image)
 
 
 def autocontrast(image: tf.Tensor) -> tf.Tensor:
@@ -135,7 +160,7 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
 def color(image: tf.Tensor, factor) -> tf.Tensor:
     """PIL ImageEnhance.Color: blend from the gray ("L") image to the image."""
     image = _check_image(image)
-    return blend(tf.broadcast_to(grayscale(image), tf.shape(image)), image, factor)
+    return blend(grayscale(image), image, factor)
 
 
 def contrast(image: tf.Tensor, factor) -> tf.Tensor:
@@ -146,8 +171,8 @@ def contrast(image: tf.Tensor, factor) -> tf.Tensor:
     """
     image = _check_image(image)
     gray = tf.cast(grayscale(image), tf.float64)
-    mean = tf.floor(tf.reduce_mean(gray) + 0.5)
-    return blend(tf.fill(tf.shape(image), tf.cast(mean, tf.float32)), image, factor)
+    mean = tf.floor(tf.reduce_mean(gray) + 0.5)  # float64 like PIL's ImageStat
+    return blend(mean, image, factor)
 
 
 def brightness(image: tf.Tensor, factor) -> tf.Tensor:
@@ -160,18 +185,19 @@ def sharpness(image: tf.Tensor, factor) -> tf.Tensor:
     """PIL ImageEnhance.Sharpness: blend from ImageFilter.SMOOTH (3x3 [1 1 1; 1 5 1; 1 1 1]/13).
 
     PIL rounds the smoothed value and leaves the 1-pixel border unfiltered. With the integer
-    kernel sum S, PIL's float result floor(S / 13 + 0.5) is never a tie, so we compute it
-    exactly as (2 S + 13) // 26.
+    kernel sum S (exact in float32), floor(S / 13 + 0.5) = floor((2 S + 13) / 26) is never
+    within 1/26 of a tie, so float32 rounding cannot change it.
     """
     image = _check_image(image)
     kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32)[:, :, None, None]
     kernel = tf.tile(kernel, [1, 1, 3, 1])
-    s = tf.nn.depthwise_conv2d(_f32(image)[None], kernel, [1, 1, 1, 1], "SAME")[0]
-    smooth = tf.cast((2 * tf.cast(s, tf.int32) + 13) // 26, tf.uint8)
+    x = _f32(image)
+    s = tf.nn.depthwise_conv2d(x[None], kernel, [1, 1, 1, 1], "SAME")[0]
+    smooth = tf.floor((s + 6.5) * (1.0 / 13.0))
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     rows, cols = tf.range(h), tf.range(w)
     inner = (((rows >= 1) & (rows <= h - 2))[:, None] & ((cols >= 1) & (cols <= w - 2))[None, :])
-    degenerate = tf.where(inner[..., None], smooth, image)
+    degenerate = x + (smooth - x) * _f32(inner[..., None])
     return blend(degenerate, image, factor)
 
 
@@ -187,7 +213,7 @@ def cutout(image: tf.Tensor, pad_size, center, fill=GRAY) -> tf.Tensor:
     in_rows = (rows >= cy - pad) & (rows < cy + pad)
     in_cols = (cols >= cx - pad) & (cols < cx + pad)
     box = (in_rows[:, None] & in_cols[None, :])[..., None]
-    return tf.where(box, tf.cast(fill, tf.uint8), image)
+    return _select(box, tf.cast(fill, tf.uint8), image)
 
 
 # --- geometric ops -------------------------------------------------------------------------
