@@ -1,6 +1,7 @@
 """Training configs: shipped recipes, YAML errors, overrides, config.yaml round trip."""
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -194,9 +195,13 @@ def test_train_package_import_is_light():
 @pytest.mark.slow
 def test_wheel_ships_the_recipes(tmp_path):
     """A non-editable install (a built wheel) contains the YAML recipes."""
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ into the source tree
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "__pycache__", "runs", "demo_out"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), REPO], check=True, capture_output=True, timeout=600)
-    wheel = next(p for p in os.listdir(tmp_path) if p.endswith(".whl"))
-    names = zipfile.ZipFile(tmp_path / wheel).namelist()
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True,
+                   timeout=600)
+    wheel = next(p for p in os.listdir(tmp_path / "dist") if p.endswith(".whl"))
+    names = zipfile.ZipFile(tmp_path / "dist" / wheel).namelist()
     for n in [f"efficientnet-b{i}" for i in range(8)] + ["fashion_mnist"]:
         assert f"efficientnet_tf/configs/{n}.yaml" in names
