@@ -46,7 +46,8 @@ def _randomize(model, rng, mean, variance, calib, calib_variance):
             w.assign(rng.normal(0.0, 0.1, w.shape).astype(w.dtype))
     if "predictions" in [l.name for l in model.layers]:
         kernel = model.get_layer("predictions").kernel
-        kernel.assign(rng.normal(0.0, 0.3, kernel.shape).astype("float32"))
+        std = 0.3 * np.sqrt(1280 / kernel.shape[0])  # spread, unsaturated softmax
+        kernel.assign(rng.normal(0.0, std, kernel.shape).astype("float32"))
     _set_normalization(model, mean, calib_variance)
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
@@ -408,3 +409,36 @@ def test_weights_imagenet_end_to_end_through_loopback(files, server, monkeypatch
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     files["keras_notop"].load_weights(str(path))
     _assert_sensitive(want, got, files["keras_notop"](x, training=False).numpy())
+
+
+# ----------------------------------------------------------------------------- all variants
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["b1", "b2", "b3", "b4", "b5", "b6", "b7"])
+def test_every_variant_loads_keras_files_with_and_without_top(variant, tmp_path):
+    """Random kernels and BN statistics, both file layouts, include_top True and False, 64 px."""
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    ctor = getattr(keras.applications, f"EfficientNet{variant.upper()}")
+    theirs = ctor(weights=None, input_shape=SMALL)
+    x = _images(64)
+    calib = np.concatenate([x, rng.uniform(0, 255, (2,) + SMALL)]).astype("float32")
+    variance = rng.uniform(0.03, 0.08, 3)
+    _randomize(theirs, rng, rng.uniform(0.3, 0.6, 3), variance, calib, variance)
+    want_top = theirs(x, training=False).numpy()
+    want_notop = keras.Model(theirs.input, theirs.get_layer("top_activation").output)(
+        x, training=False).numpy()
+    assert want_top.max() < 0.99 and np.abs(want_top[0] - want_top[1]).max() > 0.01
+    _write_legacy_keras3(theirs, tmp_path / "top.h5")
+    _write_legacy_tf2(theirs, tmp_path / "notop.h5", skip=HEAD)
+    theirs.save_weights(tmp_path / "top.weights.h5")
+    ours_ctor = getattr(en, f"EfficientNet{variant.upper()}")
+    for name in ("top.h5", "top.weights.h5"):
+        ours = ours_ctor(input_shape=SMALL, weights=str(tmp_path / name))
+        np.testing.assert_allclose(ours(x, training=False), want_top, atol=1e-4, err_msg=name)
+    ours = ours_ctor(include_top=False, input_shape=SMALL)
+    for name in ("notop.h5", "top.h5", "top.weights.h5"):
+        ours.set_weights([np.zeros_like(w) for w in ours.get_weights()])
+        W.load_weights(ours, tmp_path / name)
+        np.testing.assert_allclose(ours(x, training=False), want_notop, rtol=1e-4,
+                                   atol=1e-4 * np.abs(want_notop).max(), err_msg=name)
