@@ -91,6 +91,23 @@ def test_lut_ops_match_pil_exactly(photos, photo):
         _assert_exact(ops.solarize_add(a, add), p.point(lut * 3), f"solarize_add {add}")
 
 
+def test_autocontrast_and_equalize_edge_cases_match_pil():
+    """Flat channels, two-valued channels and random narrow ranges (PIL's special cases)."""
+    rng = np.random.default_rng(3)
+    cases = [np.full((7, 9, 3), 77, np.uint8), np.zeros((7, 9, 3), np.uint8)]
+    two = np.full((7, 9, 3), 10, np.uint8)
+    two[::2, :, 0] = 200
+    two[:, :, 1] = 255  # one flat channel next to a two-valued one
+    cases.append(two)
+    for _ in range(30):
+        lo, hi = sorted(rng.integers(0, 256, 2))
+        cases.append(rng.integers(lo, hi + 1, (9, 11, 3), dtype=np.uint8))
+    for a in cases:
+        p = Image.fromarray(a)
+        _assert_exact(ops.autocontrast(a), ImageOps.autocontrast(p), "autocontrast")
+        _assert_exact(ops.equalize(a), ImageOps.equalize(p), "equalize")
+
+
 def test_posterize_zero_bits_keeps_one_bit(photos):
     # Pillow >= 10 refuses bits=0. The reference's TF op on CPU shifted a uint8 by 8, which TF
     # clamps to 7, keeping the top bit; we do the same rather than return a black image.
