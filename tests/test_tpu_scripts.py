@@ -330,3 +330,13 @@ def test_requirements_leave_tensorflow_to_the_tpu_image():
     setup = (ROOT / "setup.py").read_text()
     for dep in ("keras", "absl-py", "pyyaml", "numpy", "h5py", "tensorflow-datasets"):
         assert dep in names and f'"{dep}' in setup
+
+
+def test_setup_vm_pins_a_libtpu_that_tensorflow_tpu_can_load():
+    # Measured: with tensorflow-tpu 2.20.0, libtpu >= 0.0.32 makes `import tensorflow` abort.
+    text = (TPU / "setup_vm.sh").read_text()
+    [line] = [ln for ln in text.splitlines() if "pip install" in ln and "tensorflow-tpu" in ln]
+    assert '"tensorflow-tpu==2.20.0"' in line and '"libtpu<=0.0.31"' in line
+    r = subprocess.run(["bash", str(TPU / "setup_vm.sh"), "conda"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "usage: bash tpu/setup_vm.sh [image|pypi]" in r.stderr

@@ -2,6 +2,9 @@
 # Runs ON the TPU VM, in the unpacked checkout (tpu/commands.py install does this):
 #   bash tpu/setup_vm.sh image   # keep the image's TensorFlow (matches its libtpu); default
 #   bash tpu/setup_vm.sh pypi    # venv ~/efn-venv with tensorflow-tpu from PyPI (newest: 2.20.0)
+# tensorflow-tpu 2.20.0 asks for libtpu~=0.0.14, so pip takes the newest libtpu; from 0.0.32 on,
+# `import tensorflow` aborts ("... not available in this library": symbols TF needs are gone;
+# seen on 0.0.32, 0.0.33, 0.0.35, 0.0.41, 0.0.52). 0.0.31 and older load, hence the pin.
 # Our setup.py pins tensorflow>=2.21,<2.22, which has no TPU build, so the package itself is
 # installed with --no-deps and its other dependencies come from tpu/requirements-tpu.txt.
 set -euo pipefail
@@ -17,7 +20,7 @@ case "$mode" in
     python3 -m venv ~/efn-venv
     . ~/efn-venv/bin/activate
     python3 -m pip install -U pip
-    python3 -m pip install "tensorflow-tpu==2.20.0"
+    python3 -m pip install "tensorflow-tpu==2.20.0" "libtpu<=0.0.31"
     python3 -m pip install -r tpu/requirements-tpu.txt
     python3 -m pip install --no-deps .
     ;;
