@@ -340,3 +340,11 @@ def test_setup_vm_pins_a_libtpu_that_tensorflow_tpu_can_load():
     r = subprocess.run(["bash", str(TPU / "setup_vm.sh"), "conda"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and "usage: bash tpu/setup_vm.sh [image|pypi]" in r.stderr
+
+
+def test_unconfirmed_image_names_warn(capsys):
+    v3 = C.parse_accelerator("v3-8")
+    assert C.runtime_version(v3, "2.18.0") == "tpu-vm-tf-2.18.0-pjrt"
+    assert "not its image name" in capsys.readouterr().err
+    C.runtime_version(v3, "2.16.1")
+    assert capsys.readouterr().err == ""

@@ -125,6 +125,10 @@ def runtime_version(acc: Accelerator, tf_version: str = DEFAULT_TF_VERSION,
         raise ValueError(f"TPU {gen.name} needs TensorFlow >= {'.'.join(map(str, gen.min_tf))} "
                          f"on TPU VMs; got {tf_version}.")
     pod = "-pod" if acc.multi_host else ""
+    if v > parse_tf_version(DEFAULT_TF_VERSION):
+        print(f"warning: the docs list TensorFlow {tf_version} for TPUs but not its image name; "
+              f"built by their naming rule. Check `gcloud compute tpus tpu-vm versions list "
+              f"--zone=ZONE` and pass --runtime_version if it differs.", file=sys.stderr)
     if v >= (2, 15, 0):
         if device_api == "se" and gen.name in ("v5litepod", "v5p", "v6e"):
             raise ValueError(f"TPU {gen.name} supports only the PJRT runtime; drop "
