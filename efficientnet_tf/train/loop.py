@@ -89,8 +89,12 @@ class Trainer:
                if getattr(layer, "seed_generator", None) is not None]
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               rng=rng, **({"ema": self.ema} if self.ema else {}))
+        # Multi-worker: every worker must take part in a save, but only the chief's survives.
+        self.is_chief = _is_chief(self.strategy)
+        ckpt_dir = model_dir if self.is_chief else os.path.join(
+            model_dir, f".worker-{self.strategy.cluster_resolver.task_id}")
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, model_dir, max_to_keep=config.keep_checkpoints,
+            self.checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints if self.is_chief else 1,
             step_counter=self.optimizer.iterations)
         self._train_loop = None
         self._eval_step = None
@@ -198,7 +202,7 @@ class Trainer:
 
     def restore(self) -> int:
         """Restores the latest checkpoint in model_dir (if any); returns its step."""
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(self.model_dir)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             self.log(f"Restored {latest} (step {int(self.optimizer.iterations.numpy())}).")
@@ -214,8 +218,9 @@ class Trainer:
         iterator = iter(self._train_dataset(step))
         if self._train_loop is None:
             self._train_loop = self._make_train_loop()
-        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
-        history_path = os.path.join(self.model_dir, "history.jsonl")
+        writer = (tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+                  if self.is_chief else tf.summary.create_noop_writer())
+        history_path = os.path.join(self.model_dir, "history.jsonl") if self.is_chief else None
         spe = max(1, cfg.steps_per_execution)
         ckpt_every = cfg.checkpoint_every_steps or self.steps_per_epoch
         last_ckpt = step
@@ -249,7 +254,8 @@ class Trainer:
                     for key, value in rec["eval"].items():
                         tf.summary.scalar(f"eval/{key}", value)
             self._progress(rec, start_step, total_steps, t_start)
-            _append_jsonl(history_path, rec)
+            if history_path:
+                _append_jsonl(history_path, rec)
         writer.flush()
         sys.stdout.write("\n") if sys.stdout.isatty() else None
         return {"step": step}
@@ -284,6 +290,16 @@ class Trainer:
         n = max(totals[3], 1.0)
         return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n,
                 "examples": int(totals[3]), "ema": use_ema}
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def _append_jsonl(path, record):

@@ -1,0 +1,193 @@
+"""The training job: XLA/bf16 step, exact resume after kill -9, distributed equivalence, errors.
+
+Distributed runs and kills happen in subprocesses (tests/train_worker.py): logical CPU devices
+and TF_CONFIG must be set before TensorFlow starts.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnet_tf.train import config as cfglib
+from efficientnet_tf.train.strategy import check_tf_config, per_replica_batch_size
+
+WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def run_worker(model_dir, steps, strategy="default", *extra, env=None, wait=True):
+    cmd = [sys.executable, WORKER, str(model_dir), str(steps), strategy, *extra]
+    proc = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    with open(os.path.join(model_dir, "result.json")) as f:
+        return json.load(f)
+
+
+def assert_weights_close(a, b, atol):
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        np.testing.assert_allclose(np.array(x, dtype=np.float64), np.array(y, dtype=np.float64),
+                                   atol=atol, err_msg=f"weight {i}")
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    return run_worker(tmp_path_factory.mktemp("single"), 6, "default", "--sync_bn")
+
+
+def test_one_training_step_under_xla_with_bfloat16(tmp_path):
+    from efficientnet_tf.train.loop import Trainer
+
+    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
+        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+        "train_batch_size=4", "eval_batch_size=4", "train_steps=1", "use_bfloat16=true",
+        "optimizer.warmup_epochs=0",  # the warm-up starts at lr 0: no change at step 1
+        "steps_per_execution=1", "seed=1"])
+    try:
+        trainer = Trainer(config, str(tmp_path), jit_compile=True, num_train_examples=64,
+                          log=lambda *_: None)
+        assert trainer.model.get_layer("stem_conv").compute_dtype == "bfloat16"
+        before = [w.numpy().copy() for w in trainer.model.trainable_weights]
+        trainer.train()
+        assert int(trainer.optimizer.iterations.numpy()) == 1
+        changed = sum(not np.array_equal(b, w.numpy())
+                      for b, w in zip(before, trainer.model.trainable_weights))
+        assert changed > len(before) // 2
+        with open(tmp_path / "history.jsonl") as f:
+            rec = json.loads(f.readline())
+        assert np.isfinite(rec["loss"]) and rec["loss"] > 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_kill_9_then_restart_resumes_and_matches_uninterrupted_run(tmp_path, single_run):
+    steps = 12
+    full = run_worker(tmp_path / "full", steps, "default", "--drop=0.2")
+    killed_dir = tmp_path / "killed"
+    proc = run_worker(killed_dir, steps, "default", "--drop=0.2", wait=False)
+    deadline = time.time() + 300
+    while not (killed_dir / "ckpt-4.index").exists():
+        assert proc.poll() is None, "worker ended before it could be killed: " + proc.stdout.read()[-2000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed_dir / "result.json").exists()
+    saved = tf.train.latest_checkpoint(str(killed_dir))
+    killed_at = int(saved.rsplit("-", 1)[1])
+    # ckpt-4 may be half-written when the kill lands: the last complete one is then ckpt-2.
+    assert 2 <= killed_at < steps
+
+    resumed = run_worker(killed_dir, steps, "default", "--drop=0.2")
+    assert resumed["step"] == steps
+    with open(killed_dir / "history.jsonl") as f:
+        seen = [json.loads(line)["step"] for line in f]
+    # The restart continued after the checkpoint: step 1 was trained once, not again.
+    assert seen.count(1) == 1 and killed_at + 1 in seen
+    # Same data stream (replayed), restored RNG, optimizer and EMA state: the same weights.
+    # Tolerance: CPU kernels are deterministic here; 1e-6 leaves room for summation order.
+    assert_weights_close(resumed["weights"], full["weights"], atol=1e-6)
+    assert_weights_close(resumed["ema"], full["ema"], atol=1e-6)
+    np.testing.assert_allclose(resumed["losses"][-1], full["losses"][-1], rtol=1e-5)
+
+
+def test_mirrored_two_replicas_match_single_replica(tmp_path, single_run):
+    mirrored = run_worker(tmp_path / "mirrored", 6, "mirrored", "--cpus=2", "--sync_bn")
+    # Same global batches, synchronized BN, no dropout: identical math up to float
+    # reduction order; losses agree to 1e-4 relative over 6 steps.
+    np.testing.assert_allclose(mirrored["losses"], single_run["losses"], rtol=1e-4)
+    assert_weights_close(mirrored["weights"], single_run["weights"], atol=1e-4)
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multi_worker_mirrored_two_processes_match_single_replica(tmp_path, single_run):
+    ports = _free_ports(2)
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    model_dir = tmp_path / "mwms"
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**ENV, "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(run_worker(model_dir, 6, "multi_worker_mirrored", "--sync_bn", env=env,
+                                wait=False))
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-3000:]
+    with open(model_dir / "result.json") as f:
+        mwms = json.load(f)
+    np.testing.assert_allclose(mwms["losses"], single_run["losses"], rtol=1e-4)
+    assert_weights_close(mwms["weights"], single_run["weights"], atol=1e-4)
+    # Only the chief's checkpoints stay in model_dir.
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
+
+
+def test_continuous_eval_records_best_checkpoint(tmp_path):
+    from efficientnet_tf.train.evaluate import continuous_eval
+    from efficientnet_tf.train.loop import Trainer
+
+    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
+        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+        "data.synthetic_examples=32", "train_batch_size=8", "eval_batch_size=8",
+        "train_steps=4", "steps_per_execution=2", "checkpoint_every_steps=2", "seed=3"])
+    trainer = Trainer(config, str(tmp_path), log=lambda *_: None)
+    trainer.train()
+    evaluator = Trainer(config, str(tmp_path), log=lambda *_: None)
+    best = continuous_eval(evaluator, timeout=1)
+    assert best["step"] == 4 and 0.0 <= best["top1"] <= 1.0 and best["ema"] is True
+    with open(tmp_path / "eval" / "results.jsonl") as f:
+        results = [json.loads(line) for line in f]
+    assert results[-1]["examples"] == 32
+    reader = tf.train.load_checkpoint(best["checkpoint"])
+    assert reader.get_variable_to_shape_map()
+
+
+def test_batch_and_tf_config_errors_say_what_to_change():
+    class Fake:
+        num_replicas_in_sync = 3
+
+    with pytest.raises(ValueError, match="not divisible by the 3 replicas; use 126 or 129"):
+        per_replica_batch_size(128, Fake())
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        check_tf_config(None)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        check_tf_config("{nope")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model_name=efficientnet-b9"], "Did you mean efficientnet-b7"),
+    (["--config=efficientnet-b0", "--use_synthetic_data", "--override=model.model_name=efficientnet-b9"],
+     "Unknown EfficientNet variant"),
+    (["--config=fashion_mnist", "--data_dir={tmp}/empty"], "train-*"),
+    (["--config=fashion_mnist", "--use_synthetic_data", "--train_batch_size=0"], "batch"),
+    (["--config=fashion_mnist", "--use_synthetic_data", "--override=optimizer.lrr=1"], "optimizer.lr"),
+])
+def test_entry_point_stops_at_start_up_with_a_clear_message(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "efficientnet_tf.train",
+                           f"--model_dir={tmp_path}/m", *args], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error:" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]

@@ -1,0 +1,91 @@
+"""A tiny, deterministic training run, driven by the tests in subprocesses.
+
+    python tests/train_worker.py MODEL_DIR STEPS STRATEGY [--cpus N] [--ckpt_every K]
+
+Writes MODEL_DIR/result.json: per-step losses (from history.jsonl), the final step, and the
+final weights (as lists) so runs can be compared. Data: fixed random images from a seed,
+split per replica so every strategy sees the same global batches.
+"""
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+GLOBAL_BATCH = 8
+SIZE = 32
+
+
+def dataset_fn_for(x, y):
+    def fn(ctx):
+        replicas = ctx.num_replicas_in_sync
+        per = GLOBAL_BATCH // replicas
+        mine = replicas // ctx.num_input_pipelines
+        first = ctx.input_pipeline_id * mine
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(GLOBAL_BATCH, drop_remainder=True)
+
+        def split(images, labels):  # this pipeline's replicas' slices of the global batch
+            images = tf.reshape(images, [replicas, per, SIZE, SIZE, 3])[first:first + mine]
+            labels = tf.reshape(labels, [replicas, per])[first:first + mine]
+            return tf.data.Dataset.from_tensor_slices((images, labels))
+
+        return ds.flat_map(split)
+
+    return fn
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model_dir")
+    p.add_argument("steps", type=int)
+    p.add_argument("strategy")
+    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument("--ckpt_every", type=int, default=2)
+    p.add_argument("--sync_bn", action="store_true")
+    p.add_argument("--drop", type=float, default=0.0)
+    a = p.parse_args()
+    if a.cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * a.cpus)
+
+    from efficientnet_tf.train import config as cfglib
+    from efficientnet_tf.train.loop import Trainer
+    from efficientnet_tf.train.strategy import make_strategy
+
+    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
+        "model.width_coefficient=0.1", "model.depth_coefficient=0.1",
+        f"model.dropout_rate={a.drop}", f"model.drop_connect_rate={a.drop}",
+        f"model.synchronized_bn={str(a.sync_bn).lower()}",
+        f"data.image_size={SIZE}", "data.synthetic=true", f"train_batch_size={GLOBAL_BATCH}",
+        "eval_batch_size=8", "steps_per_execution=1", f"checkpoint_every_steps={a.ckpt_every}",
+        "seed=7", "resume_data=skip", "optimizer.warmup_epochs=0.5", "optimizer.ema_decay=0.9",
+        f"train_steps={a.steps}", "keep_checkpoints=100",
+    ])
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (64, SIZE, SIZE, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 127.5).astype("int32") + 2 * (x[:, :16].mean(axis=(1, 2, 3)) > 127.5)
+    strategy = make_strategy(a.strategy)
+    trainer = Trainer(config, a.model_dir, strategy, train_dataset_fn=dataset_fn_for(x, y),
+                      num_train_examples=64, log=lambda *_: None)
+    trainer.train()
+    if trainer.is_chief:
+        with open(os.path.join(a.model_dir, "history.jsonl")) as f:
+            losses = [json.loads(line)["loss"] for line in f]
+        weights = [w.numpy().tolist() for w in trainer.model.weights]
+        ema = [s.read_value().numpy().tolist() for s in trainer.ema.shadows]
+        out = {"losses": losses, "step": int(trainer.optimizer.iterations.numpy()),
+               "weights": weights, "ema": ema}
+        tmp = os.path.join(a.model_dir, "result.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(out, f)
+        os.replace(tmp, os.path.join(a.model_dir, "result.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
