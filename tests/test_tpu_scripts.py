@@ -13,6 +13,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -247,6 +248,12 @@ def _run(script, *args, env):
                           env=env, cwd=ROOT, timeout=60)
 
 
+@pytest.fixture(autouse=True)
+def _private_tmpdir(tmp_path, monkeypatch):
+    # the install step writes its git archive under $TMPDIR
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
 def test_dry_run_prints_and_never_calls_gcloud(fake_gcloud):
     env, calls = fake_gcloud
     r = _run("create_vm.sh", "--name=efn-v3", "--accelerator_type=v3-8", "--dry_run", env=env)
@@ -275,6 +282,13 @@ def test_create_script_calls_gcloud_with_the_right_arguments(fake_gcloud):
                       "--project=proj", "--spot"]
     assert scp[:4] == ["compute", "tpus", "tpu-vm", "scp"]
     assert scp[5] == "efn-v4:~/efficientnet_tf.tar.gz"
+    # the archive it copies is a real snapshot of the checkout with the setup script in it
+    archive = pathlib.Path(scp[4])
+    assert archive.parent == pathlib.Path(env["TMPDIR"])
+    with tarfile.open(archive) as tar:
+        members = set(tar.getnames())
+    assert {"setup.py", "tpu/setup_vm.sh", "tpu/requirements-tpu.txt",
+            "efficientnet_tf/train/main.py"} <= members
     assert ssh[:5] == ["compute", "tpus", "tpu-vm", "ssh", "efn-v4"]
     assert ssh[-1].endswith("bash tpu/setup_vm.sh pypi")
 

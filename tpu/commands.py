@@ -19,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from typing import Sequence
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -240,9 +241,10 @@ def upload_commands(src: str, dest: str) -> list[list[str]]:
 
 
 def install_commands(name: str, zone: str, project: str | None = None,
-                     archive: str = "/tmp/efficientnet_tf.tar.gz",
-                     tf_source: str = "image") -> list[list[str]]:
-    """Copies this checkout (git archive of HEAD) to the VM and runs tpu/setup_vm.sh there."""
+                     archive: str | None = None, tf_source: str = "image") -> list[list[str]]:
+    """Copies this checkout (git archive of HEAD: committed files only) to the VM and runs
+    tpu/setup_vm.sh there."""
+    archive = archive or os.path.join(tempfile.gettempdir(), f"efficientnet_tf-{name}.tar.gz")
     if tf_source not in ("image", "pypi"):
         raise ValueError(f"--tf_source must be image or pypi; got {tf_source!r}.")
     remote = ("mkdir -p ~/efficientnet_tf"
