@@ -7,9 +7,9 @@ and 193: odd and even sizes exercise the centre convention).
 Tolerances and where TF and PIL legitimately differ:
 - Exact (max abs diff 0): invert, posterize, solarize, solarize_add, autocontrast, equalize,
   color, contrast, brightness, sharpness, translate, shear. The ops copy PIL's arithmetic:
-  integer LUTs for equalize/autocontrast (autocontrast's LUT in float64 like PIL's Python),
+  equalize's integer LUT, autocontrast's int(i * scale + offset) in float64 like PIL's Python,
   PIL's fixed-point "L" grayscale, float32 blend with truncation, the rounded mean gray level
-  of Contrast, SMOOTH's rounding and unfiltered 1-px border (computed exactly in integers),
+  of Contrast, SMOOTH's rounding and unfiltered 1-px border (integer sums, exact in float32),
   and PIL's pixel-centre convention for affine maps (input = A (x + 1/2) + c, floor).
 - Rotate: <= 1% of pixels differ, mean abs diff <= 1. Both map pixel centres through the same
   matrix, but PIL steps through the row incrementally (float / 16.16 fixed point) and floors,
@@ -19,8 +19,8 @@ Tolerances and where TF and PIL legitimately differ:
   border line sits exactly at -0.5, which PIL keeps and TF fills (~0.8%).
 Where the TPU reference itself departs from PIL and we follow PIL instead: Contrast's mean
 (the reference used pixel_count / 256), Sharpness (the reference truncates the smoothed value
-instead of rounding), shear/rotate half-pixel offset (the reference maps pixel indices, not
-centres) and Color's gray (tf.image.rgb_to_grayscale weights vs PIL's fixed point). Posterize
+instead of rounding), shear's half-pixel offset (the reference shears about pixel index 0,
+PIL about the first pixel's corner) and Color's gray (tf.image.rgb_to_grayscale weights vs PIL's fixed point). Posterize
 with 0 bits, which Pillow refuses, keeps 1 bit like the reference did on CPU.
 """
 

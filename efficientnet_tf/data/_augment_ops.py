@@ -42,8 +42,7 @@ def _f32(x) -> tf.Tensor:
 def _select(mask: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """uint8 where(mask, a, b) as b + (a - b) * mask in wrap-around uint8 arithmetic.
 
-    Exact (the result is a or b, both in range) and several times faster than tf.where on
-    uint8 images on CPU.
+    Exact (the result is a or b, both in range) and faster than tf.where on uint8 on CPU.
     """
     return b + (a - b) * tf.cast(mask, tf.uint8)
 
