@@ -52,13 +52,14 @@ def checkpoint_step(path: str, keys: set[str]) -> int | None:
 
 
 def load_model_for_export(model_dir: str, checkpoint: str | None = None, use_ema: bool = True,
-                          config=None,
-                          ema_factory: Callable | None = None) -> LoadedModel:
+                          config=None, ema_factory: Callable | None = None,
+                          build_model: Callable | None = None) -> LoadedModel:
     """Model of model_dir/config.yaml with the weights of its latest (or the given) checkpoint.
 
     EMA weights are used when the checkpoint has an `ema` object and use_ema is True.
     ema_factory(model, config) builds the object the EMA was saved from (default: the training
-    job's optim.ExponentialMovingAverage); it must have copy_to(model).
+    job's optim.ExponentialMovingAverage); it must have copy_to(model). build_model(config)
+    makes the model (default: the training job's train.loop.build_model).
     The model is built in float32 whatever mixed-precision policy training used.
     """
     if config is None:
@@ -73,9 +74,9 @@ def load_model_for_export(model_dir: str, checkpoint: str | None = None, use_ema
     if not ckpt_path:
         raise FileNotFoundError(f"No checkpoint in {model_dir} (no 'checkpoint' file listing "
                                 "ckpt-N): train first, or pass --checkpoint=<path/ckpt-N>.")
-    from efficientnet_tf.train.loop import build_model
-
-    model = build_model(config, for_training=False)
+    if build_model is None:
+        from efficientnet_tf.train.loop import build_model
+    model = build_model(config)
     keys = {name for name, _ in tf.train.list_variables(ckpt_path)}
     has_ema = any(k.startswith("ema/") for k in keys)
     objects = {"model": model}

@@ -58,7 +58,11 @@ class ServingModule(tf.Module):
         if resize_method not in preprocessing.RESIZE_METHODS:
             raise ValueError(f"unknown resize_method {resize_method!r}; use one of "
                              f"{preprocessing.RESIZE_METHODS}")
-        self.model = model
+        # Track the model's variables (as keras.export does), not the Keras model object: saving
+        # the model object writes a second, uninitialized copy of every variable that TF1-style
+        # loaders (TF Serving, saved_model_cli run) then fail on ("Could not find variable").
+        self.__dict__["model"] = model  # untracked
+        self.model_variables = [getattr(v, "value", v) for v in model.variables]  # tf.Variables
         num_classes = int(model.outputs[0].shape[-1])
         self._size = int(image_size)
         self._crop_padding = int(crop_padding)
@@ -93,7 +97,7 @@ class ServingModule(tf.Module):
     def _decode_one(self, image_bytes):
         tf.debugging.assert_greater(tf.strings.length(image_bytes), 0,
                                     message="image_bytes: got an empty string, expected the "
-                                            "bytes of an encoded image (JPEG, PNG, GIF or BMP)")
+                                            "bytes of an encoded image (JPEG, PNG, GIF, BMP or WebP)")
         return preprocessing.preprocess_for_eval(image_bytes, self._size, self._crop_padding,
                                                  self._resize_method)
 
@@ -162,29 +166,27 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
         raise ValueError(f"version must be an integer, 'timestamp' or None, got {version!r}")
     if version < 0:
         raise ValueError(f"version must be >= 0 (TF Serving serves numeric versions), got {version}")
+    final = os.path.join(export_dir, str(version))
+    if tf.io.gfile.exists(final) and not overwrite:
+        raise FileExistsError(f"{final} already exists: pick another version, or pass "
+                              "overwrite=True (--overwrite) to replace it.")
     if fold_batch_norm:
         from efficientnet_tf.export.fold import fold_batch_norm as fold
 
         model = fold(model)
     module = ServingModule(model, image_size, crop_padding, resize_method, top_k, label_names,
                            outputs_are_logits)
-    final = os.path.join(export_dir, str(version))
-    if tf.io.gfile.exists(final):
-        if not overwrite:
-            raise FileExistsError(f"{final} already exists: pick another version, or pass "
-                                  "overwrite=True (--overwrite) to replace it.")
     tf.io.gfile.makedirs(export_dir)
-    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     if "://" in export_dir:  # object stores have no atomic directory rename
         if tf.io.gfile.exists(final):
             tf.io.gfile.rmtree(final)
-        tf.saved_model.save(module, final, signatures=module.signatures(), options=options)
+        tf.saved_model.save(module, final, signatures=module.signatures())
         return final
     tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     try:
-        tf.saved_model.save(module, tmp, signatures=module.signatures(), options=options)
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
         if os.path.exists(final):
             shutil.rmtree(final)
         os.rename(tmp, final)

@@ -1,0 +1,350 @@
+"""Export: SavedModel signatures for TF Serving, graph hygiene, requests, TFLite, CLI."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from efficientnet_tf import EfficientNet
+from efficientnet_tf.data import preprocessing
+from efficientnet_tf.export import export_saved_model, model_outputs_logits, next_version
+
+SIZE = 32
+CLASSES = 10
+TOP_K = 3
+LABELS = [f"class_{i}" for i in range(CLASSES)]
+BIN = os.path.dirname(sys.executable)
+
+
+def _tiny_model(classifier_activation=None, **kw):
+    return EfficientNet(width_coefficient=0.25, depth_coefficient=0.25, default_size=SIZE,
+                        classes=CLASSES, weights=None, classifier_activation=classifier_activation,
+                        **kw)
+
+
+def _train_a_few_steps(model, steps=3):
+    """SGD on random data so the BN moving statistics are not their initial 0/1."""
+    rng = np.random.default_rng(0)
+    opt = keras.optimizers.SGD(0.05)
+    for _ in range(steps):
+        x = rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32")
+        y = rng.integers(0, CLASSES, 8)
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(1)
+    m = _tiny_model(bn_momentum=0.5)
+    _train_a_few_steps(m)
+    bn = m.get_layer("stem_bn")
+    assert np.abs(bn.moving_mean.numpy()).max() > 1e-3  # non-trivial BN statistics
+    return m
+
+
+def _jpeg(image):
+    return tf.io.encode_jpeg(image, quality=90).numpy()
+
+
+def _png(image):
+    return tf.io.encode_png(image).numpy()
+
+
+@pytest.fixture(scope="module")
+def images():
+    from skimage import data
+
+    astronaut = data.astronaut()  # 512x512x3
+    coffee = data.coffee()  # 400x600x3
+    camera = data.camera()[..., None]  # 512x512 grayscale
+    return {
+        "bytes": [_jpeg(astronaut), _png(coffee), _jpeg(camera), _png(camera[::2, ::3])],
+        "tensor": np.stack([coffee[:300, :350], astronaut[100:400, 50:400]]).astype(np.uint8),
+        "float": np.random.default_rng(2).uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32),
+    }
+
+
+def _probs(model, x):
+    return tf.nn.softmax(model(tf.constant(x), training=False)).numpy()
+
+
+@pytest.fixture(scope="module")
+def expected(model, images):
+    """Keras predictions on the same preprocessing the signatures run in the graph."""
+    pre_bytes = np.stack([preprocessing.preprocess_for_eval(b, SIZE).numpy()
+                          for b in images["bytes"]])
+    pre_tensor = np.stack([preprocessing.preprocess_image_tensor_for_eval(t, SIZE).numpy()
+                           for t in images["tensor"]])
+    out = {"serving_default": _probs(model, pre_bytes),
+           "serving_image_tensor": _probs(model, pre_tensor),
+           "serving_float": _probs(model, images["float"])}
+    for p in out.values():  # spread out, so the comparisons below can fail
+        assert (p.max(axis=1) - p.min(axis=1)).min() > 0.05
+    return out
+
+
+@pytest.fixture(scope="module")
+def export_path(model, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("serving") / "efficientnet")
+    path = export_saved_model(model, base, image_size=SIZE, top_k=TOP_K, label_names=LABELS)
+    assert path == os.path.join(base, "1")
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+    assert sorted(os.listdir(base)) == ["1"]  # no temporary directory left behind
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(export_path):
+    return tf.saved_model.load(export_path)
+
+
+def _check_outputs(out, probs, atol=1e-5):
+    np.testing.assert_allclose(out["probabilities"], probs, rtol=0, atol=atol)
+    order = np.argsort(-probs, axis=1)[:, :TOP_K]
+    np.testing.assert_array_equal(out["classes"], order[:, 0])
+    np.testing.assert_array_equal(out["top_k_classes"], order)
+    np.testing.assert_allclose(out["top_k_scores"], np.take_along_axis(probs, order, 1), atol=atol)
+    names = [n.decode() if isinstance(n, bytes) else n for n in np.asarray(out["class_names"])]
+    assert names == [LABELS[i] for i in order[:, 0]]
+    assert np.asarray(out["top_k_names"]).shape == order.shape
+
+
+SUBPROCESS = textwrap.dedent("""
+    import importlib.abc, json, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "efficientnet_tf":
+                raise ImportError("the SavedModel must load without efficientnet_tf")
+    sys.meta_path.insert(0, Block())
+    import numpy as np, tensorflow as tf
+    export_path, inputs_path, outputs_path = sys.argv[1:]
+    inputs = np.load(inputs_path, allow_pickle=True)
+    loaded = tf.saved_model.load(export_path)
+    feeds = {"serving_default": {"image_bytes": tf.constant(list(inputs["bytes"]))},
+             "serving_image_tensor": {"image_tensor": tf.constant(inputs["tensor"])},
+             "serving_float": {"images": tf.constant(inputs["float"])}}
+    result = {}
+    for name, feed in feeds.items():
+        for key, value in loaded.signatures[name](**feed).items():
+            result[name + "/" + key] = value.numpy()
+    np.savez(outputs_path, **result)
+    print(json.dumps({"signatures": sorted(loaded.signatures),
+                      "imported": sorted(m for m in sys.modules if m.split(".")[0] == "efficientnet_tf")}))
+""")
+
+
+def test_signatures_match_keras_in_fresh_subprocess(export_path, images, expected, tmp_path):
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, bytes=np.array(images["bytes"], dtype=object), tensor=images["tensor"],
+             float=images["float"])
+    outputs = tmp_path / "outputs.npz"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", SUBPROCESS, export_path, str(inputs),
+                           str(outputs)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"signatures": sorted(expected), "imported": []}
+    got = np.load(outputs, allow_pickle=True)
+    for name, probs in expected.items():
+        out = {k.split("/", 1)[1]: got[k] for k in got.files if k.startswith(name + "/")}
+        assert out["classes"].dtype == np.int64 and out["top_k_classes"].dtype == np.int64
+        assert out["probabilities"].dtype == np.float32
+        _check_outputs(out, probs)
+
+
+def _parse_show_all(text):
+    """saved_model_cli show --all -> {signature: {"inputs"|"outputs": {name: (dtype, shape)}}}."""
+    text = text.split("Concrete Functions:")[0]
+    result = {}
+    for block in text.split("signature_def['")[1:]:
+        name = block.split("'", 1)[0]
+        entry = {"inputs": {}, "outputs": {}}
+        for kind, key, dtype, shape in re.findall(
+                r"(inputs|outputs)\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([^)]*\))",
+                block):
+            entry[kind][key] = (dtype, shape)
+        result[name] = entry
+    return result
+
+
+CLI = os.path.join(BIN, "saved_model_cli")
+
+
+def test_saved_model_cli_show_all(export_path):
+    cli = CLI
+    show = subprocess.run([cli, "show", "--dir", export_path, "--all"], capture_output=True,
+                          text=True, timeout=120)
+    assert show.returncode == 0, show.stderr[-2000:]
+    sigs = _parse_show_all(show.stdout)
+    outputs = {"classes": ("DT_INT64", "(-1)"),
+               "probabilities": ("DT_FLOAT", f"(-1, {CLASSES})"),
+               "top_k_classes": ("DT_INT64", f"(-1, {TOP_K})"),
+               "top_k_scores": ("DT_FLOAT", f"(-1, {TOP_K})"),
+               "class_names": ("DT_STRING", "(-1)"),
+               "top_k_names": ("DT_STRING", f"(-1, {TOP_K})")}
+    assert sigs["serving_default"] == {"inputs": {"image_bytes": ("DT_STRING", "(-1)")},
+                                       "outputs": outputs}
+    assert sigs["serving_image_tensor"] == {
+        "inputs": {"image_tensor": ("DT_UINT8", "(-1, -1, -1, 3)")}, "outputs": outputs}
+    assert sigs["serving_float"] == {
+        "inputs": {"images": ("DT_FLOAT", f"(-1, {SIZE}, {SIZE}, 3)")}, "outputs": outputs}
+
+
+
+@pytest.mark.slow  # one more TF process (~20-40 s on a busy 2-core machine)
+def test_saved_model_cli_run_with_a_real_jpeg(export_path, images, expected, tmp_path):
+    """saved_model_cli run loads through a TF1 Session, as TF Serving does."""
+    cli = CLI
+    # A real JPEG as a numpy 'S' array (no pickle needed).
+    jpeg = images["bytes"][0]
+    assert jpeg[-2:] == b"\xff\xd9"  # ends with EOI, so numpy's 'S' dtype keeps every byte
+    np.save(tmp_path / "jpeg.npy", np.array([jpeg]))
+    outdir = tmp_path / "out"
+    run = subprocess.run([cli, "run", "--dir", export_path, "--tag_set", "serve",
+                          "--signature_def", "serving_default",
+                          "--inputs", f"image_bytes={tmp_path / 'jpeg.npy'}",
+                          "--outdir", str(outdir)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    probs = np.load(outdir / "probabilities.npy")
+    np.testing.assert_allclose(probs, expected["serving_default"][:1], atol=1e-5)
+    assert np.load(outdir / "classes.npy").tolist() == [int(expected["serving_default"][0].argmax())]
+
+
+FORBIDDEN = re.compile(r"Random|TruncatedNormal|Multinomial|Shuffle|Dropout")
+WRITES = {"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp"}
+
+
+def training_only_ops(graph_def) -> list[str]:
+    """Random ops, training-mode fused BN and variable writes (BN moving-average updates)."""
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    bad = []
+    for node in nodes:
+        if FORBIDDEN.search(node.op) or node.op in WRITES:
+            bad.append(node.op)
+        elif node.op.startswith("FusedBatchNorm") and node.attr["is_training"].b:
+            bad.append(f"{node.op}(is_training=True)")
+    return sorted(set(bad))
+
+
+def test_exported_graph_has_no_training_ops(model, loaded):
+    for name in ("serving_default", "serving_image_tensor", "serving_float"):
+        graph_def = loaded.signatures[name].graph.as_graph_def()
+        assert len(graph_def.library.function) > 0
+        ops = {n.op for f in graph_def.library.function for n in f.node_def}
+        assert "Conv2D" in ops and "DepthwiseConv2dNative" in ops  # we walked the model's graph
+        assert training_only_ops(graph_def) == [], name
+    # The walk does catch training mode: the same model traced with training=True.
+    train_fn = tf.function(lambda x: model(x, training=True)).get_concrete_function(
+        tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32))
+    found = training_only_ops(train_fn.graph.as_graph_def())
+    assert any("Random" in op for op in found) and "AssignVariableOp" in found, found
+
+
+def _from_rest(body: dict, input_name: str) -> dict:
+    """Decodes a TF Serving REST predict body ({"instances": ...} or {"inputs": ...}) the way
+    the server does: {"b64": ...} objects become bytes."""
+    def decode(value):
+        if isinstance(value, dict) and set(value) == {"b64"}:
+            return base64.b64decode(value["b64"])
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    if "instances" in body:
+        rows = body["instances"]
+        if all(isinstance(r, dict) and set(r) != {"b64"} for r in rows):
+            return {k: decode([r[k] for r in rows]) for k in rows[0]}
+        return {input_name: decode(rows)}
+    inputs = body["inputs"]
+    if isinstance(inputs, dict) and set(inputs) != {"b64"}:
+        return {k: decode(v) for k, v in inputs.items()}
+    return {input_name: decode(inputs)}
+
+
+def test_predict_request_and_rest_json(loaded, images, expected):
+    from tensorflow_serving.apis import predict_pb2
+
+    data = images["bytes"]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "efficientnet"
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(data, dtype=tf.string))
+    wire = request.SerializeToString()
+    received = predict_pb2.PredictRequest.FromString(wire)  # what the server parses
+    signature = loaded.signatures[received.model_spec.signature_name]
+    feed = {k: tf.constant(tf.make_ndarray(v)) for k, v in received.inputs.items()}
+    assert feed["image_bytes"].numpy().tolist() == data
+    out = {k: v.numpy() for k, v in signature(**feed).items()}
+    _check_outputs(out, expected["serving_default"])
+
+    b64 = [{"b64": base64.b64encode(d).decode("ascii")} for d in data]
+    for body in ({"signature_name": "serving_default", "instances": b64},
+                 {"signature_name": "serving_default", "instances": [{"image_bytes": x} for x in b64]},
+                 {"signature_name": "serving_default", "inputs": {"image_bytes": b64}}):
+        body = json.loads(json.dumps(body))  # through real JSON text
+        feed = _from_rest(body, "image_bytes")
+        assert feed["image_bytes"] == data
+        out = {k: v.numpy() for k, v in loaded.signatures[body["signature_name"]](
+            image_bytes=tf.constant(feed["image_bytes"])).items()}
+        _check_outputs(out, expected["serving_default"])
+
+
+def test_bad_bytes_are_invalid_argument_errors(loaded, images):
+    serve = loaded.signatures["serving_default"]
+    cases = {b"this is not an image": "Unknown image file format",
+             b"": "empty string",
+             images["bytes"][0][:200]: "JPEG"}  # truncated JPEG
+    for bad, message in cases.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            serve(image_bytes=tf.constant([images["bytes"][1], bad]))
+    # still serves after the errors
+    assert serve(image_bytes=tf.constant(images["bytes"][:1]))["classes"].shape == (1,)
+
+
+def test_softmax_models_are_not_softmaxed_twice():
+    assert model_outputs_logits(_tiny_model(None)) is True
+    soft = _tiny_model("softmax")
+    assert model_outputs_logits(soft) is False
+    inputs = keras.Input((SIZE, SIZE, 3))
+    odd = keras.Model(inputs, keras.layers.Activation("relu")(keras.layers.Flatten()(inputs)))
+    with pytest.raises(ValueError, match="outputs_are_logits"):
+        model_outputs_logits(odd)
+    from efficientnet_tf.export import ServingModule
+
+    x = np.random.default_rng(3).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    module = ServingModule(soft, SIZE, outputs_are_logits=False)
+    np.testing.assert_allclose(module.serve_float(tf.constant(x))["probabilities"],
+                               soft(x, training=False), atol=1e-6)
+
+
+def test_versions_and_bad_arguments(model, tmp_path):
+    base = tmp_path / "m"
+    assert next_version(str(base)) == 1
+    for name in ("1", "3", "7_tflite", ".tmp-9-1", "variables"):
+        (base / name).mkdir(parents=True)
+    assert next_version(str(base)) == 4
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_saved_model(model, str(base), version=3)
+    with pytest.raises(ValueError, match="version"):
+        export_saved_model(model, str(base), version="latest")
+    with pytest.raises(ValueError, match="label_names has 2 names"):
+        export_saved_model(model, str(base), version=5, label_names=["a", "b"])
+    with pytest.raises(ValueError, match="resize_method"):
+        export_saved_model(model, str(base), version=5, resize_method="nearest")
+    assert not (base / "5").exists()
