@@ -146,6 +146,7 @@ def files(tmp_path_factory):
         top.save_weights(d / f"{kind}_top.weights.h5")
         notop.save_weights(d / f"{kind}_notop.weights.h5")
     notop.save(d / "plain_notop.keras")
+    notop.save(d / "plain_notop_full.h5")  # legacy full-model HDF5: weights under model_weights
     out.update({p.name: p for p in d.iterdir()})
     return out
 
@@ -203,7 +204,8 @@ def test_plain_files_give_keras_load_weights_outputs(files, ours_top, ours_notop
     want = ref_notop(x64, training=False).numpy()
     assert np.abs(want[0] - want[1]).max() > 0.1 * np.abs(want).max()  # depends on the image
     for name in ("plain_notop.h5", "plain_notop_tf2.h5", "plain_notop.weights.h5",
-                 "plain_notop.keras", "plain_top.h5", "plain_top.weights.h5"):
+                 "plain_notop.keras", "plain_notop_full.h5", "plain_top.h5",
+                 "plain_top.weights.h5"):
         ours_notop.set_weights([np.zeros_like(w) for w in ours_notop.get_weights()])
         report = W.load_weights(ours_notop, files[name])
         assert report.skipped == (["predictions"] if name.startswith("plain_top") else []), name
