@@ -348,3 +348,131 @@ def test_versions_and_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="resize_method"):
         export_saved_model(model, str(base), version=5, resize_method="nearest")
     assert not (base / "5").exists()
+
+
+def _write_validation_tfrecords(directory, images_uint8):
+    from efficientnet_tf.data import tfrecord
+
+    os.makedirs(directory, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(directory, "validation-00000-of-00001")) as w:
+        for i, image in enumerate(images_uint8):
+            ex = tfrecord.make_example(_jpeg(image), label=i % CLASSES + 1,
+                                       height=image.shape[0], width=image.shape[1])
+            w.write(ex.SerializeToString())
+
+
+def test_tflite_float32_matches_keras(model, images, expected, tmp_path):
+    from efficientnet_tf.export import tflite
+
+    if not tflite.tflite_available():
+        pytest.skip("this TensorFlow has no tf.lite.TFLiteConverter")
+    path = tflite.export_tflite(model, str(tmp_path / "m.tflite"), image_size=SIZE)
+    got = tflite.run_tflite(path, images["float"])
+    np.testing.assert_allclose(got, expected["serving_float"], rtol=0, atol=1e-5)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temp file left
+
+
+INT8_ATOL = 0.1  # probabilities; int8 weights and activations of a barely trained tiny net
+
+
+@pytest.mark.slow  # int8 calibration + conversion
+def test_tflite_int8_calibrated_on_tfrecords(model, images, expected, tmp_path):
+    from efficientnet_tf.export import tflite
+
+    if not tflite.tflite_available():
+        pytest.skip("this TensorFlow has no tf.lite.TFLiteConverter")
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()]
+    _write_validation_tfrecords(tmp_path / "records", photos)
+    calib = tflite.tfrecord_calibration_images(str(tmp_path / "records"), SIZE, CLASSES,
+                                               num_images=5)
+    assert len(list(calib())) == 5
+    path = tflite.export_tflite(model, str(tmp_path / "int8.tflite"), quantization="int8",
+                                representative_data=calib, image_size=SIZE)
+    interpreter = tf.lite.Interpreter(model_path=path)
+    kinds = {d["dtype"] for d in interpreter.get_tensor_details()}
+    assert np.int8 in kinds  # really quantized inside
+    pre = np.stack([preprocessing.preprocess_for_eval(_jpeg(p), SIZE).numpy() for p in photos])
+    want = _probs(model, pre)
+    got = tflite.run_tflite(path, pre)
+    err = np.abs(got - want).max()
+    print(f"int8 TFLite vs Keras: max |probability difference| {err:.4f}")
+    assert err < INT8_ATOL
+    assert os.path.getsize(path) < os.path.getsize(
+        tflite.export_tflite(model, str(tmp_path / "f.tflite"), image_size=SIZE)) / 2
+
+
+@pytest.fixture(scope="module")
+def trained_model_dir(tmp_path_factory):
+    """A real training job's model_dir: config.yaml + CheckpointManager checkpoints with EMA."""
+    from efficientnet_tf.train import config as cfglib
+    from efficientnet_tf.train.loop import Trainer
+
+    model_dir = tmp_path_factory.mktemp("model_dir")
+    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
+        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+        "data.synthetic_examples=32", "train_batch_size=8", "eval_batch_size=8",
+        "train_steps=4", "steps_per_execution=2", "checkpoint_every_steps=2", "seed=3"])
+    assert config.optimizer.ema_decay
+    trainer = Trainer(config, str(model_dir), log=lambda *_: None)
+    trainer.train()
+    cfglib.save_config(config, str(model_dir))
+    x = np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    raw = _probs(trainer.model, x)
+    with trainer.ema_weights():
+        ema = _probs(trainer.model, x)
+    assert np.abs(raw - ema).max() > 1e-4  # so the test can tell which weights were exported
+    return {"dir": str(model_dir), "x": x, "raw": raw, "ema": ema}
+
+
+def test_load_model_for_export_uses_ema_weights(trained_model_dir):
+    from efficientnet_tf.export import load_model_for_export
+
+    d = trained_model_dir
+    loaded = load_model_for_export(d["dir"])
+    assert loaded.ema and loaded.step == 4
+    assert loaded.describe().startswith("EMA weights from step 4")
+    np.testing.assert_allclose(_probs(loaded.model, d["x"]), d["ema"], atol=1e-6)
+    raw = load_model_for_export(d["dir"], use_ema=False)
+    assert not raw.ema and "raw weights" in raw.describe()
+    np.testing.assert_allclose(_probs(raw.model, d["x"]), d["raw"], atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        load_model_for_export(os.path.dirname(d["dir"]))
+
+
+@pytest.mark.slow  # a whole export in a child process
+def test_cli_exports_ema_weights_end_to_end(trained_model_dir, tmp_path):
+    d = trained_model_dir
+    export_dir = tmp_path / "serving"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "efficientnet_tf.export", f"--model_dir={d['dir']}",
+           f"--export_dir={export_dir}", "--top_k=2", "--tflite=float32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "EMA weights from step 4" in proc.stdout
+    path = export_dir / "1"
+    assert (export_dir / "tflite" / "1_float32.tflite").is_file()
+    loaded = tf.saved_model.load(str(path))
+    out = loaded.signatures["serving_float"](images=tf.constant(d["x"]))
+    np.testing.assert_allclose(out["probabilities"].numpy(), d["ema"], atol=1e-5)
+    assert out["top_k_classes"].shape == (2, 2)
+    # A second run adds version 2; bad flags exit 2 with a message.
+    proc = subprocess.run(cmd[:5], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and (export_dir / "2" / "saved_model.pb").is_file()
+    bad = subprocess.run(cmd[:5] + ["--version=1"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "already exists" in bad.stderr
+
+
+def test_fold_batch_norm_keeps_outputs(model, images, expected):
+    from efficientnet_tf.export import fold_batch_norm
+    from efficientnet_tf.export.fold import foldable_pairs
+
+    n_bn = sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
+    assert len(foldable_pairs(model)) == n_bn > 0  # every BN here follows a conv
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
+    assert folded.get_layer("stem_conv").use_bias and not model.get_layer("stem_conv").use_bias
+    np.testing.assert_allclose(_probs(folded, images["float"]), expected["serving_float"],
+                               rtol=0, atol=1e-5)

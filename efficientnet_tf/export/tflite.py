@@ -91,8 +91,12 @@ def export_tflite(model: keras.Model, path: str, *, quantization: str = "float32
         out = tf.cast(model(images, training=False), tf.float32)
         return {"probabilities": tf.nn.softmax(out, -1) if logits else out}
 
+    # The converter freezes the variables it finds on the trackable object; a Keras 3 model
+    # hides its tf.Variables behind keras.Variable, so hand them over directly.
+    holder = tf.Module()
+    holder.variables_list = [getattr(v, "value", v) for v in model.variables]
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], model)
+        [serve.get_concrete_function()], holder)
     if quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _as_generator(representative_data, size)
