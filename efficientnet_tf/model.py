@@ -36,7 +36,7 @@ def scaled_blocks(blocks, width_coefficient: float, depth_coefficient: float,
     return out
 
 
-def _check_input_shape(input_shape, default_size, include_top, weights):
+def _check_input_shape(input_shape, default_size, include_top, stem_strides=2):
     if input_shape is None:
         # As keras.applications: a fixed size with the classifier, any size without it.
         return (default_size, default_size, 3) if include_top else (None, None, 3)
@@ -45,10 +45,12 @@ def _check_input_shape(input_shape, default_size, include_top, weights):
         raise ValueError(
             f"input_shape must be (height, width, 3) with 3 RGB channels, got {input_shape}. "
             "Grayscale images: repeat the channel to 3 (tf.image.grayscale_to_rgb).")
+    # As keras.applications: 32 px at least; a stride-1 stem halves that (same feature maps).
+    min_size = MIN_INPUT_SIZE * stem_strides // 2
     for d in input_shape[:2]:
-        if d is not None and d < MIN_INPUT_SIZE:
+        if d is not None and d < min_size:
             raise ValueError(f"input_shape {input_shape}: height and width must be at least "
-                             f"{MIN_INPUT_SIZE} px (or None).")
+                             f"{min_size} px (or None) with stem_strides={stem_strides}.")
     return input_shape
 
 
@@ -104,8 +106,8 @@ def EfficientNet(
         raise ValueError(f"stem_strides must be 1 or 2, got {stem_strides}.")
     from efficientnet_tf import weights as wts
 
-    wts.check_weights_argument(weights, include_top, classes)
-    input_shape = _check_input_shape(input_shape, default_size, include_top, weights)
+    wts.check_weights_argument(weights, include_top, classes, variant=variant)
+    input_shape = _check_input_shape(input_shape, default_size, include_top, stem_strides)
     init = enl.ConvKernelInitializer(truncated_init)
 
     if input_tensor is None:

@@ -128,16 +128,11 @@ def run():
 
 
 def _label_names(data_dir):
-    """Class names from the converter's labels.json, if the data has one."""
-    import json
+    from efficientnet_tf.export.checkpoint import read_label_names
 
-    import tensorflow as tf
-
-    path = os.path.join(data_dir or "", "labels.json")
-    if not data_dir or data_dir.startswith("tfds:") or not tf.io.gfile.exists(path):
+    if not data_dir or data_dir.startswith("tfds:"):
         return None
-    with tf.io.gfile.GFile(path) as f:
-        return [c["name"] for c in json.load(f)["classes"]]
+    return read_label_names(data_dir)
 
 
 def entry():

@@ -1,0 +1,130 @@
+"""The README's main job: Fashion-MNIST, end to end, on this machine.
+
+    python -m efficientnet_tf.demo [--out demo_out] [--config fashion_mnist] [--epochs N]
+
+1. convert Debian's dataset-fashion-mnist IDX files to TFRecords (once),
+2. train the fashion_mnist recipe (a scaled-down B0) from scratch,
+3. evaluate the EMA weights on the 10,000 test images,
+4. export a SavedModel for TF Serving,
+5. reload the SavedModel alone and classify the test images from their encoded bytes
+   (serving_default), printing a few predictions and the accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _need_data(idx_dir):
+    if os.path.isdir(idx_dir) and any(n.startswith("t10k-images") for n in os.listdir(idx_dir)):
+        return
+    sys.exit(f"Fashion-MNIST not found in {idx_dir}.\n"
+             "On Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist\n"
+             "Elsewhere: download the four *-ubyte.gz files of Fashion-MNIST into a folder and "
+             "pass --idx_dir=FOLDER.")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo_out", help="working directory (data, model, export)")
+    p.add_argument("--idx_dir", default=FASHION_DIR)
+    p.add_argument("--config", default="fashion_mnist")
+    p.add_argument("--epochs", type=float, default=None, help="override the recipe's epochs")
+    p.add_argument("--resume", action="store_true", help="continue the model in --out/model")
+    p.add_argument("--show", type=int, default=8, help="test images to print predictions for")
+    args = p.parse_args(argv)
+    t_start = time.time()
+    _need_data(args.idx_dir)
+
+    import numpy as np
+    import tensorflow as tf
+
+    from efficientnet_tf.data import convert, pipeline
+    from efficientnet_tf.train import config as cfglib
+    from efficientnet_tf.train.loop import Trainer
+
+    data_dir = os.path.join(args.out, "data")
+    model_dir = os.path.join(args.out, "model")
+    export_dir = os.path.join(args.out, "export")
+    if not os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+        print(f"[1/5] Converting {args.idx_dir} -> {data_dir}")
+        convert.convert_idx(args.idx_dir, data_dir, progress=sys.stdout.isatty())
+    else:
+        print(f"[1/5] Using the TFRecords in {data_dir}")
+
+    overrides = [f"data.data_dir={data_dir}"]
+    if args.epochs:
+        overrides.append(f"epochs={args.epochs}")
+    config = cfglib.apply_overrides(cfglib.load_config(args.config), overrides)
+    if not args.resume:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    trainer = Trainer(config, model_dir)
+    cfglib.save_config(config, model_dir)
+    print(f"[2/5] Training {config.model.model_name} ({trainer.model.count_params():,} params) "
+          f"for {config.epochs:g} epochs of {trainer.steps_per_epoch} steps")
+    t0 = time.time()
+    trainer.train()
+    train_s = time.time() - t0
+    from efficientnet_tf.train.evaluate import plot_history
+
+    plot_history(model_dir)
+
+    print("[3/5] Evaluating on the 10,000 test images")
+    result = trainer.evaluate()
+    print(f"      top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
+          f"({'EMA' if result['ema'] else 'raw'} weights)")
+
+    print(f"[4/5] Exporting a SavedModel to {export_dir}")
+    from efficientnet_tf.export.checkpoint import read_label_names
+    from efficientnet_tf.export import export_saved_model
+
+    names = read_label_names(data_dir)
+    with trainer.ema_weights():
+        path = export_saved_model(trainer.model, export_dir, image_size=config.data.image_size,
+                                  crop_padding=config.data.crop_padding,
+                                  resize_method=config.data.resize_method, label_names=names,
+                                  outputs_are_logits=True)
+
+    print(f"[5/5] Classifying the test images with {path} (encoded bytes -> serving_default)")
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    dc = config.data.to_data_config()
+    files = pipeline.list_files(dc, "validation")
+    from efficientnet_tf.data.tfrecord import parse_example
+
+    records = tf.data.TFRecordDataset(files).map(parse_example).batch(500)
+    correct = total = 0
+    shown = []
+    for batch in records:
+        out = serve(image_bytes=batch["image/encoded"])
+        labels = batch["image/class/label"].numpy() - dc.label_offset
+        pred = out["classes"].numpy()
+        correct += int((pred == labels).sum())
+        total += len(labels)
+        if len(shown) < args.show:
+            for i in range(min(args.show - len(shown), len(labels))):
+                shown.append((names[labels[i]] if names else labels[i],
+                              names[pred[i]] if names else pred[i],
+                              float(out["probabilities"].numpy()[i].max())))
+    for truth, guess, prob in shown:
+        mark = "ok " if truth == guess else "MISS"
+        print(f"      {mark} true {truth:<12} predicted {guess:<12} p={prob:.3f}")
+    accuracy = correct / max(total, 1)
+    total_s = time.time() - t_start
+    summary = {"test_accuracy_savedmodel": accuracy, "test_top1_trainer": result["top1"],
+               "images": total, "train_seconds": round(train_s), "total_seconds": round(total_s),
+               "epochs": config.epochs, "export": path}
+    with open(os.path.join(args.out, "demo_result.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"SavedModel accuracy on {total} test images: {accuracy:.4f}  "
+          f"(training {train_s / 60:.1f} min, total {total_s / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
