@@ -205,7 +205,6 @@ def test_saved_model_cli_show_all(export_path):
 
 
 
-@pytest.mark.slow  # one more TF process (~20-40 s on a busy 2-core machine)
 def test_saved_model_cli_run_with_a_real_jpeg(export_path, images, expected, tmp_path):
     """saved_model_cli run loads through a TF1 Session, as TF Serving does."""
     cli = CLI
@@ -375,7 +374,6 @@ def test_tflite_float32_matches_keras(model, images, expected, tmp_path):
 INT8_ATOL = 0.1  # probabilities; int8 weights and activations of a barely trained tiny net
 
 
-@pytest.mark.slow  # int8 calibration + conversion
 def test_tflite_int8_calibrated_on_tfrecords(model, images, expected, tmp_path):
     from efficientnet_tf.export import tflite
 
@@ -457,9 +455,13 @@ def test_cli_exports_ema_weights_end_to_end(trained_model_dir, tmp_path):
     out = loaded.signatures["serving_float"](images=tf.constant(d["x"]))
     np.testing.assert_allclose(out["probabilities"].numpy(), d["ema"], atol=1e-5)
     assert out["top_k_classes"].shape == (2, 2)
-    # A second run adds version 2; bad flags exit 2 with a message.
-    proc = subprocess.run(cmd[:5], capture_output=True, text=True, env=env, timeout=300)
+    # A second run (BN folded) adds version 2; bad flags exit 2 with a message.
+    proc = subprocess.run(cmd[:5] + ["--fold_batch_norm"], capture_output=True, text=True,
+                          env=env, timeout=300)
     assert proc.returncode == 0 and (export_dir / "2" / "saved_model.pb").is_file()
+    out = tf.saved_model.load(str(export_dir / "2")).signatures["serving_float"](
+        images=tf.constant(d["x"]))
+    np.testing.assert_allclose(out["probabilities"].numpy(), d["ema"], atol=1e-5)
     bad = subprocess.run(cmd[:5] + ["--version=1"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "already exists" in bad.stderr
