@@ -462,6 +462,11 @@ def test_cli_exports_ema_weights_end_to_end(trained_model_dir, tmp_path):
     out = tf.saved_model.load(str(export_dir / "2")).signatures["serving_float"](
         images=tf.constant(d["x"]))
     np.testing.assert_allclose(out["probabilities"].numpy(), d["ema"], atol=1e-5)
+    proc = subprocess.run(cmd[:5] + ["--image_size=48", "--version=7"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = tf.saved_model.load(str(export_dir / "7")).signatures["serving_float"]
+    assert spec.structured_input_signature[1]["images"].shape.as_list() == [None, 48, 48, 3]
     bad = subprocess.run(cmd[:5] + ["--version=1"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "already exists" in bad.stderr

@@ -24,7 +24,8 @@ def _define_flags():
     f.DEFINE_integer("top_k", 5, "k of the top_k_classes / top_k_scores outputs.")
     f.DEFINE_string("label_names", None, "labels.txt / labels.json (or a directory holding one); "
                     "default: the one in the config's data_dir, if any.")
-    f.DEFINE_integer("image_size", None, "Override the config's image size.")
+    f.DEFINE_integer("image_size", None, "Serve at this resolution instead of the config's "
+                     "(the model is rebuilt at this size).")
     f.DEFINE_integer("crop_padding", None, "Override the config's eval crop_padding.")
     f.DEFINE_string("resize_method", None, "Override the config's resize method "
                     "(bicubic_tf1 | bicubic | bilinear).")
@@ -46,7 +47,18 @@ def run() -> str:
 
     if not FLAGS.model_dir or not FLAGS.export_dir:
         raise ValueError("--model_dir and --export_dir are both required.")
-    loaded = ckptlib.load_model_for_export(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.use_ema)
+    config = None
+    if FLAGS.image_size:  # the model is rebuilt at the new size (the weights do not depend on it)
+        from efficientnet_tf.train import config as cfglib
+
+        path = os.path.join(FLAGS.model_dir, "config.yaml")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: --model_dir must be a training job's "
+                                    "model_dir.")
+        config = cfglib.apply_overrides(cfglib.load_config(path),
+                                        [f"data.image_size={FLAGS.image_size}"])
+    loaded = ckptlib.load_model_for_export(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.use_ema,
+                                           config=config)
     print(f"Exporting {loaded.describe()}")
     config = loaded.config
     size = FLAGS.image_size or _config_value(config, "image_size", None)
