@@ -5,6 +5,7 @@
 Prints JSON: images/s (median over interleaved rounds) at batch 1 and 32 for
   keras_predict         model.predict(x, batch_size=b)
   keras_call            model(x, training=False)           (eager call)
+  keras_tf_function     tf.function(model(x, training=False))  (graph, no export)
   saved_model           tf.saved_model.load(export)["serving_float"]
   saved_model_folded    the same, exported with fold_batch_norm=True
 plus the max |probability difference| of each SavedModel vs Keras and the max |logit difference|
@@ -69,6 +70,7 @@ def main():
     sigs = {"saved_model": tf.saved_model.load(plain).signatures["serving_float"],
             "saved_model_folded": tf.saved_model.load(folded).signatures["serving_float"]}
 
+    graph_call = tf.function(lambda x: model(x, training=False))
     batches = [int(b) for b in args.batches.split(",")]
     result = {"model": "efficientnet-b0 (ours)", "image_size": size, "rounds": args.rounds,
               "cpu_count": os.cpu_count(), "tf": tf.__version__, "keras": keras.__version__,
@@ -83,6 +85,7 @@ def main():
         fns = {
             "keras_predict": lambda: model.predict(x, batch_size=b, verbose=0),
             "keras_call": lambda: model(xt, training=False).numpy(),
+            "keras_tf_function": lambda: graph_call(xt).numpy(),
             "saved_model": lambda: sigs["saved_model"](images=xt)["probabilities"].numpy(),
             "saved_model_folded":
                 lambda: sigs["saved_model_folded"](images=xt)["probabilities"].numpy(),
