@@ -81,15 +81,16 @@ def main(argv=None) -> int:
           f"({'EMA' if result['ema'] else 'raw'} weights)")
 
     print(f"[4/5] Exporting a SavedModel to {export_dir}")
+    from efficientnet_tf.export import export_saved_model, load_model_for_export
     from efficientnet_tf.export.checkpoint import read_label_names
-    from efficientnet_tf.export import export_saved_model
 
     names = read_label_names(data_dir)
-    with trainer.ema_weights():
-        path = export_saved_model(trainer.model, export_dir, image_size=config.data.image_size,
-                                  crop_padding=config.data.crop_padding,
-                                  resize_method=config.data.resize_method, label_names=names,
-                                  outputs_are_logits=True)
+    loaded = load_model_for_export(model_dir)  # the last checkpoint, EMA weights
+    path = export_saved_model(loaded.model, export_dir, image_size=config.data.image_size,
+                              crop_padding=config.data.crop_padding,
+                              resize_method=config.data.resize_method, label_names=names,
+                              outputs_are_logits=True)
+    print(f"      {loaded.describe()}")
 
     print(f"[5/5] Classifying the test images with {path} (encoded bytes -> serving_default)")
     serve = tf.saved_model.load(path).signatures["serving_default"]

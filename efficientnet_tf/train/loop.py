@@ -71,13 +71,15 @@ class Trainer:
             keras.utils.set_random_seed(config.seed)
         n_train = num_train_examples or self._num_train_examples()
         self.steps_per_epoch = max(1, n_train // self.global_batch)
+        # The reference's warm-up and decay boundaries use the unfloored steps per epoch.
+        self._exact_steps_per_epoch = max(1.0, n_train / self.global_batch)
         self.total_steps = (config.train_steps if config.train_steps
                             else int(math.ceil(config.epochs * self.steps_per_epoch)))
         with self.strategy.scope():
             self.model = build_model(config)
             o = config.optimizer
             self.lr_schedule = optim.learning_rate_schedule(
-                o.lr, self.global_batch, self.steps_per_epoch, warmup_epochs=o.warmup_epochs,
+                o.lr, self.global_batch, self._exact_steps_per_epoch, warmup_epochs=o.warmup_epochs,
                 decay_epochs=o.decay_epochs, decay_rate=o.decay_rate, kind=o.schedule,
                 total_steps=self.total_steps)
             self.optimizer = optim.make_optimizer(o, self.lr_schedule)

@@ -114,17 +114,18 @@ def run():
         result = trainer.evaluate()
         print(f"Final eval (EMA={result['ema']}): top-1 {result['top1']:.4f} top-5 "
               f"{result['top5']:.4f} on {result['examples']} images")
-    if FLAGS.export_dir:
-        from efficientnet_tf.export import export_saved_model
+    if FLAGS.export_dir and trainer.is_chief:
+        from efficientnet_tf.export import export_saved_model, load_model_for_export
 
-        with trainer.ema_weights():
-            path = export_saved_model(trainer.model, FLAGS.export_dir,
-                                      image_size=config.data.image_size,
-                                      crop_padding=config.data.crop_padding,
-                                      resize_method=config.data.resize_method,
-                                      outputs_are_logits=True,
-                                      label_names=_label_names(config.data.data_dir))
-        print(f"Exported {'EMA' if trainer.ema else 'raw'} weights to {path}")
+        # Rebuilt in float32 from the last checkpoint, EMA weights swapped in.
+        loaded = load_model_for_export(FLAGS.model_dir)
+        path = export_saved_model(loaded.model, FLAGS.export_dir,
+                                  image_size=config.data.image_size,
+                                  crop_padding=config.data.crop_padding,
+                                  resize_method=config.data.resize_method,
+                                  outputs_are_logits=True,
+                                  label_names=_label_names(config.data.data_dir))
+        print(f"Exported {loaded.describe()} to {path}")
 
 
 def _label_names(data_dir):
