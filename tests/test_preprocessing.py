@@ -189,3 +189,14 @@ def test_augment_is_applied_on_uint8_when_named(chelsea_jpeg, name):
     # seeded: the whole train path (crop, flip, augment) is reproducible
     again = P.preprocess_for_train(chelsea_jpeg, 48, name, 2, 10.0, seed=tf.constant([0, 4]))
     np.testing.assert_array_equal(again.numpy(), outs[0].numpy())
+
+
+def test_min_crop_area_setting_raises_the_smallest_crop():
+    h, w = 350, 400
+    f = tf.function(lambda s: P.train_crop_window([h, w], 224, seed=s, min_area=0.5))
+    windows = np.array([f(tf.constant([i, 9])).numpy() for i in range(150)])
+    area = windows[:, 2] * windows[:, 3] / (h * w)
+    assert area.min() >= 0.5 - 2 / min(h, w) and area.max() <= 1.0
+    default = np.array([P.train_crop_window([h, w], 224, seed=tf.constant([i, 9])).numpy()
+                        for i in range(150)])
+    assert (default[:, 2] * default[:, 3] / (h * w)).min() < 0.3
