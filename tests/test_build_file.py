@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# realpath: under `bazel test` this file is a runfiles symlink; the source tree is what we check.
+ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 PKG = "efficientnet_tf"
 
 # import name -> PyPI name, for the third-party packages the code imports
