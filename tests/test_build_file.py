@@ -73,16 +73,21 @@ class Target:
 
 def _glob(root: str):
     def glob(include, exclude=(), allow_empty=False):
-        out = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root)
-            dirnames[:] = [d for d in dirnames if not d.startswith((".git", "bazel-", "__pycache__"))
-                           and not any(_match(os.path.normpath(os.path.join(rel_dir, d)) + "/", p)
-                                       for p in exclude)]
-            for f in filenames:
-                rel = f if rel_dir == "." else os.path.join(rel_dir, f)
-                if any(_match(rel, p) for p in include) and not any(_match(rel, p) for p in exclude):
-                    out.append(rel)
+        out = set()
+        for pattern in include:
+            fixed = []  # walk only below the pattern's wildcard-free leading directories
+            for part in pattern.split("/")[:-1]:
+                if "*" in part:
+                    break
+                fixed.append(part)
+            top = os.path.join(root, *fixed)
+            for dirpath, dirnames, filenames in os.walk(top):
+                rel_dir = os.path.relpath(dirpath, root)
+                dirnames[:] = [d for d in dirnames if not d.startswith((".", "bazel-"))]
+                for f in filenames:
+                    rel = os.path.normpath(os.path.join(rel_dir, f))
+                    if _match(rel, pattern) and not any(_match(rel, p) for p in exclude):
+                        out.add(rel)
         if not out and not allow_empty:
             raise ValueError(f"glob({include!r}) matches no file")
         return sorted(out)
@@ -91,6 +96,11 @@ def _glob(root: str):
 
 def _match(path: str, pattern: str) -> bool:
     """Bazel glob: `**` spans directories, `*` stays within one."""
+    return _glob_regex(pattern).fullmatch(path) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _glob_regex(pattern: str) -> re.Pattern:
     rx = ""
     i = 0
     while i < len(pattern):
@@ -106,7 +116,7 @@ def _match(path: str, pattern: str) -> bool:
         else:
             rx += re.escape(pattern[i])
             i += 1
-    return re.fullmatch(rx, path) is not None
+    return re.compile(rx)
 
 
 def load_build(text: str, root: str = ROOT) -> dict[str, Target]:
