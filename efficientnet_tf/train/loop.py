@@ -9,6 +9,7 @@ reference's iterations_per_loop), so the host is out of the inner loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -118,7 +119,7 @@ class Trainer:
             # A new shuffle order, not a replay: costs nothing, but not bit-exact.
             dc = dataclasses.replace(dc, seed=(dc.seed or 0) + start_step)
 
-        def dataset_fn(ctx):
+        def train_dataset_fn(ctx):
             if self._custom_dataset_fn is not None:
                 ds = self._custom_dataset_fn(ctx)
             else:
@@ -128,28 +129,20 @@ class Trainer:
                 ds = ds.skip(start_step * ctx.num_replicas_in_sync // ctx.num_input_pipelines)
             return ds
 
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+        return self.strategy.distribute_datasets_from_function(train_dataset_fn)
 
     def _eval_dataset(self):
         from efficientnet_tf.data import pipeline
 
         per_replica = self.config.eval_batch_size // self.strategy.num_replicas_in_sync
+        pad = functools.partial(_pad_batch, size=per_replica, image_size=self.data_config.image_size)
 
-        def dataset_fn(ctx):
+        def eval_dataset_fn(ctx):
             ds = pipeline.build_dataset(self.data_config, "validation", self.config.eval_batch_size,
                                         input_context=ctx, repeat=False)
-
-            def pad(images, labels):  # static shapes for TPU; padded rows have label -1
-                n = per_replica - tf.shape(labels)[0]
-                images = tf.pad(images, [[0, n], [0, 0], [0, 0], [0, 0]])
-                labels = tf.pad(labels, [[0, n]], constant_values=-1)
-                size = self.data_config.image_size
-                return (tf.ensure_shape(images, [per_replica, size, size, 3]),
-                        tf.ensure_shape(labels, [per_replica]))
-
             return ds.map(pad)
 
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+        return self.strategy.distribute_datasets_from_function(eval_dataset_fn)
 
     # ---------------------------------------------------------------- steps
     def _replica_train_step(self, images, labels):
@@ -292,6 +285,15 @@ class Trainer:
         n = max(totals[3], 1.0)
         return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n,
                 "examples": int(totals[3]), "ema": use_ema}
+
+
+def _pad_batch(images, labels, size, image_size):
+    """Pads a short last batch to `size` rows (static shapes for TPU); padded labels are -1."""
+    n = size - tf.shape(labels)[0]
+    images = tf.pad(images, [[0, n], [0, 0], [0, 0], [0, 0]])
+    labels = tf.pad(labels, [[0, n]], constant_values=-1)
+    return (tf.ensure_shape(images, [size, image_size, image_size, 3]),
+            tf.ensure_shape(labels, [size]))
 
 
 def _is_chief(strategy) -> bool:
