@@ -185,6 +185,25 @@ def _own_imports(tree: ast.AST, package: str) -> set[str]:
 
 
 @functools.lru_cache(maxsize=None)
+def _dynamic_imports(tree: ast.AST) -> set[str]:
+    """Modules run as `[..., "-m", "efficientnet_tf.x", ...]` argv (a package also needs its
+    __main__, marked by a ".__main__" suffix), or named in import_module()/importorskip()."""
+    mods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.List, ast.Tuple)):
+            for a, b in zip(node.elts, node.elts[1:]):
+                if isinstance(a, ast.Constant) and a.value == "-m" and isinstance(b, ast.Constant) \
+                        and isinstance(b.value, str) and b.value.split(".")[0] == PKG:
+                    mods |= {b.value, b.value + ".__main__"}
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            arg = node.args[0].value
+            if fn in ("import_module", "importorskip") and isinstance(arg, str) \
+                    and arg.split(".")[0] == PKG:
+                mods.add(arg)
+    return mods
+
+
 def file_imports(path: str, root: str = ROOT) -> tuple[set[str], set[str], list[str]]:
     """(files of efficientnet_tf modules needed, top-level third-party modules, problems)."""
     src = open(os.path.join(root, path), encoding="utf8").read()
@@ -198,6 +217,7 @@ def file_imports(path: str, root: str = ROOT) -> tuple[set[str], set[str], list[
                 mods |= _own_imports(ast.parse(textwrap.dedent(node.value)), package)
             except SyntaxError:
                 pass
+    mods |= _dynamic_imports(tree)
     files, problems = set(), []
     for mod in sorted(mods):
         parts = mod.split(".")
@@ -208,6 +228,9 @@ def file_imports(path: str, root: str = ROOT) -> tuple[set[str], set[str], list[
                 problems.append(f"{path} imports {mod}, which is no module in the tree")
             continue  # `from pkg import name` where name is not a module
         files.add(f)
+        if mod.endswith(".__main__"):  # `python -m package` runs package/__main__.py
+            if os.path.isfile(os.path.join(root, *parts[:-1], "__main__.py")):
+                files.add(os.path.join(*parts[:-1], "__main__.py"))
         for i in range(1, len(parts)):  # importing a.b.c runs a/__init__.py and a/b/__init__.py
             init = _module_file(".".join(parts[:i]), root)
             if init:
@@ -546,6 +569,25 @@ def test_checker_sees_imports_in_subprocess_scripts(tmp_path):
         'import subprocess\nSCRIPT = """\nimport json\nfrom efficientnet_tf import a\n"""\n')
     need, third, problems = file_imports("tests/test_x.py", str(tmp_path))
     assert need == {f"{PKG}/__init__.py", f"{PKG}/a.py"} and not third and not problems
+
+
+def test_checker_sees_python_dash_m(tmp_path):
+    (tmp_path / PKG / "cli").mkdir(parents=True)
+    for f in ("__init__.py", "cli/__init__.py", "cli/__main__.py", "cli/run.py"):
+        (tmp_path / PKG / f).write_text("")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        'import subprocess, sys\n'
+        'subprocess.run([sys.executable, "-m", "efficientnet_tf.cli", "--flag"])\n')
+    need, _, problems = file_imports("tests/test_x.py", str(tmp_path))
+    assert need == {f"{PKG}/__init__.py", f"{PKG}/cli/__init__.py", f"{PKG}/cli/__main__.py"}
+    assert not problems
+
+
+def test_checker_flags_a_missing_cli_in_test_data():
+    errors = check(_edit_target(_build_text(), "test_train", '":train",'))
+    assert any("tests/test_train.py imports efficientnet_tf/train/__main__.py" in e
+               for e in errors), errors
 
 
 def test_glob_matching():
