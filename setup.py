@@ -18,13 +18,13 @@ setup(
         "pyyaml>=6",
         "numpy>=1.26",
         "h5py>=3.10",
+        "matplotlib>=3.8",  # the training-curve PNG
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pillow>=10",
             "scikit-image>=0.22",
-            "matplotlib>=3.8",
             "tensorflow-serving-api>=2.21,<2.22",
         ],
     },
