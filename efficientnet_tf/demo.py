@@ -105,13 +105,14 @@ def main(argv=None) -> int:
         out = serve(image_bytes=batch["image/encoded"])
         labels = batch["image/class/label"].numpy() - dc.label_offset
         pred = out["classes"].numpy()
+        top_prob = out["probabilities"].numpy().max(axis=1)
         correct += int((pred == labels).sum())
         total += len(labels)
         if len(shown) < args.show:
             for i in range(min(args.show - len(shown), len(labels))):
                 shown.append((names[labels[i]] if names else labels[i],
                               names[pred[i]] if names else pred[i],
-                              float(out["probabilities"].numpy()[i].max())))
+                              float(top_prob[i])))
     for truth, guess, prob in shown:
         mark = "ok " if truth == guess else "MISS"
         print(f"      {mark} true {truth:<12} predicted {guess:<12} p={prob:.3f}")

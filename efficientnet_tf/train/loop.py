@@ -13,7 +13,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 
 import keras
@@ -252,7 +251,6 @@ class Trainer:
             if history_path:
                 _append_jsonl(history_path, rec)
         writer.flush()
-        sys.stdout.write("\n") if sys.stdout.isatty() else None
         return {"step": step}
 
     def _progress(self, rec, start_step, total_steps, t_start):
