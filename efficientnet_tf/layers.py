@@ -153,21 +153,86 @@ class SqueezeExcite(layers.Layer):
 
 
 def batch_norm(name: str, momentum: float = 0.99, epsilon: float = 1e-3,
-               synchronized: bool = False):
-    """BN as the reference (momentum 0.99, epsilon 1e-3); synchronized = cross-replica stats."""
+               synchronized: bool = False, group_size: int | None = None):
+    """BN as the reference (momentum 0.99, epsilon 1e-3). Training-time batch statistics are
+    per replica by default; synchronized=True pools them over all replicas, group_size=k over
+    groups of k consecutive replicas (the reference's cross-replica BN on large TPU slices)."""
+    if group_size is not None and group_size != 1:
+        if synchronized:
+            raise ValueError("Give synchronized=True (all replicas) or group_size, not both.")
+        return GroupBatchNormalization(group_size, momentum=momentum, epsilon=epsilon, name=name)
     return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, synchronized=synchronized,
                                      name=name)
 
 
+def group_moments(x, axes, group_size: int, replica_ctx):
+    """Mean and variance of x over `axes` and over the replicas of this replica's group.
+
+    Groups are consecutive replica ids [0, k), [k, 2k), ... Each replica writes its sums into its
+    group's row of a [groups, 2C+1] zero matrix and one all-reduce adds the rows, so the
+    communication is `groups` times that of all-replica synchronized BN; all_reduce also carries
+    the gradient back to every replica of the group.
+    """
+    import tensorflow as tf
+
+    n = replica_ctx.num_replicas_in_sync
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"BN group_size {group_size} must divide the {n} replicas in sync; "
+                         f"choose a divisor of {n} (1 = per replica, {n} = all replicas).")
+    x = tf.cast(x, tf.float32)
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), tf.float32)
+    local = tf.concat([tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes),
+                       tf.reshape(count, [1])], axis=0)
+    groups = n // group_size
+    if groups == 1:
+        total = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    else:
+        onehot = tf.one_hot(replica_ctx.replica_id_in_sync_group // group_size, groups)
+        rows = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, onehot[:, None] * local[None])
+        total = tf.reduce_sum(onehot[:, None] * rows, axis=0)
+    channels = (total.shape[0] - 1) // 2
+    total_count = total[-1]
+    mean = total[:channels] / total_count
+    variance = tf.maximum(total[channels:2 * channels] / total_count - tf.square(mean), 0.0)
+    return mean, variance
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GroupBatchNormalization(layers.BatchNormalization):
+    """BatchNormalization whose training statistics are pooled over groups of `group_size`
+    consecutive replicas (see group_moments). Outside a multi-replica strategy, and at
+    inference, it is plain BatchNormalization. TensorFlow backend only."""
+
+    def __init__(self, group_size: int = 1, **kwargs):
+        if kwargs.get("synchronized"):
+            raise ValueError("GroupBatchNormalization takes group_size, not synchronized=True.")
+        super().__init__(**kwargs)
+        if int(group_size) < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}.")
+        self.group_size = int(group_size)
+
+    def _moments(self, inputs, mask):
+        import tensorflow as tf
+
+        ctx = tf.distribute.get_replica_context()
+        if (mask is not None or self.group_size == 1 or ctx is None
+                or ctx.num_replicas_in_sync == 1):
+            return super()._moments(inputs, mask)
+        return group_moments(inputs, self._reduction_axes, self.group_size, ctx)
+
+    def get_config(self):
+        return {**super().get_config(), "group_size": self.group_size}
+
+
 def block_layers(spec: BlockSpec, prefix: str, drop_rate: float, bn_momentum: float = 0.99,
                  bn_epsilon: float = 1e-3, truncated_init: bool = False,
-                 synchronized_bn: bool = False) -> dict:
+                 synchronized_bn: bool = False, bn_group_size: int | None = None) -> dict:
     """The sub-layers of one MBConv block (spec already width-scaled), Keras-Applications names."""
     init = ConvKernelInitializer(truncated_init)
     filters = spec.filters_in * spec.expand_ratio
 
     def bn(name):
-        return batch_norm(prefix + name, bn_momentum, bn_epsilon, synchronized_bn)
+        return batch_norm(prefix + name, bn_momentum, bn_epsilon, synchronized_bn, bn_group_size)
 
     out: dict = {}
     if spec.expand_ratio != 1:

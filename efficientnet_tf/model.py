@@ -71,6 +71,7 @@ def EfficientNet(
     bn_epsilon: float = 1e-3,
     truncated_init: bool = False,
     synchronized_bn: bool = False,
+    bn_group_size: int | None = None,
     include_top: bool = True,
     weights=None,
     input_tensor=None,
@@ -87,7 +88,9 @@ def EfficientNet(
     scaling with alpha, beta, gamma: depth alpha^phi, width beta^phi, resolution 224 gamma^phi).
     stem_strides=1 keeps full resolution in the stem (useful for 32 px inputs).
     synchronized_bn=True computes BN batch statistics across all replicas (Keras' synchronized
-    BatchNormalization); the default keeps them per replica, as the TPU reference on <= 8 cores.
+    BatchNormalization); bn_group_size=k pools them over groups of k consecutive replicas, as
+    the TPU reference does on slices of more than 8 cores (groups of max(8, n // 8)); the default
+    keeps them per replica, as the reference on <= 8 cores.
     """
     if phi is not None:
         if width_coefficient is not None or depth_coefficient is not None:
@@ -121,18 +124,18 @@ def EfficientNet(
     x = enl.Normalize(name="normalization")(x)
     x = layers.Conv2D(round_filters(32, width_coefficient), 3, strides=stem_strides, padding="same",
                       use_bias=False, kernel_initializer=init, name="stem_conv")(x)
-    x = enl.batch_norm("stem_bn", bn_momentum, bn_epsilon, synchronized_bn)(x)
+    x = enl.batch_norm("stem_bn", bn_momentum, bn_epsilon, synchronized_bn, bn_group_size)(x)
     x = layers.Activation("swish", name="stem_activation")(x)
 
     for prefix, spec, drop_rate in scaled_blocks(blocks, width_coefficient, depth_coefficient,
                                                  drop_connect_rate):
         blk = enl.block_layers(spec, prefix, drop_rate, bn_momentum, bn_epsilon, truncated_init,
-                               synchronized_bn)
+                               synchronized_bn, bn_group_size)
         x = enl.apply_block(blk, x)
 
     x = layers.Conv2D(round_filters(1280, width_coefficient), 1, padding="same", use_bias=False,
                       kernel_initializer=init, name="top_conv")(x)
-    x = enl.batch_norm("top_bn", bn_momentum, bn_epsilon, synchronized_bn)(x)
+    x = enl.batch_norm("top_bn", bn_momentum, bn_epsilon, synchronized_bn, bn_group_size)(x)
     x = layers.Activation("swish", name="top_activation")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

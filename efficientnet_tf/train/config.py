@@ -57,6 +57,9 @@ class ModelConfig:
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
     synchronized_bn: bool = False  # BN batch statistics across all replicas
+    # BN statistics over groups of this many consecutive replicas (1 = per replica). None: the
+    # reference's rule, per replica on up to 8 replicas, else groups of max(8, replicas // 8).
+    bn_group_size: int | None = None
 
     def __post_init__(self):
         custom = self.width_coefficient is not None or self.depth_coefficient is not None
@@ -76,6 +79,22 @@ class ModelConfig:
             _fail(f"model.stem_strides must be 1 or 2, got {self.stem_strides}.")
         if self.num_classes < 1:
             _fail(f"model.num_classes must be >= 1, got {self.num_classes}.")
+        if self.bn_group_size is not None and self.bn_group_size < 1:
+            _fail(f"model.bn_group_size must be >= 1 (1 = per replica), got {self.bn_group_size}.")
+        if self.synchronized_bn and self.bn_group_size not in (None, 1):
+            _fail("model: synchronized_bn=true pools BN over all replicas; it cannot be combined "
+                  "with bn_group_size. Set one of them.")
+
+    def resolved_bn_group_size(self, num_replicas: int) -> int:
+        """Replicas per BN-statistics group for this many replicas (num_replicas = all)."""
+        if self.synchronized_bn:
+            return num_replicas
+        if self.bn_group_size is None:
+            return 1 if num_replicas <= 8 else max(8, num_replicas // 8)
+        if num_replicas % self.bn_group_size:
+            _fail(f"model.bn_group_size={self.bn_group_size} does not divide the {num_replicas} "
+                  f"replicas; use a divisor of {num_replicas} (1 = per replica).")
+        return self.bn_group_size
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,9 @@ from efficientnet_tf.train import optim
 from efficientnet_tf.train.strategy import per_replica_batch_size
 
 
-def build_model(config) -> keras.Model:
-    """The model described by config.model (logits output, float32)."""
+def build_model(config, num_replicas: int = 1) -> keras.Model:
+    """The model described by config.model (logits output, float32); num_replicas sizes the
+    cross-replica BN groups (inference does not depend on them)."""
     from efficientnet_tf.model import EfficientNet
     from efficientnet_tf.spec import get_variant
 
@@ -40,7 +41,8 @@ def build_model(config) -> keras.Model:
     return EfficientNet(
         **kw, default_size=size, dropout_rate=m.dropout_rate,
         drop_connect_rate=m.drop_connect_rate, stem_strides=m.stem_strides,
-        bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, synchronized_bn=m.synchronized_bn,
+        bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
+        bn_group_size=m.resolved_bn_group_size(num_replicas),
         input_shape=(size, size, 3),
         classes=m.num_classes, classifier_activation=None,
         name=m.model_name.replace("-", "") if m.model_name else None)
@@ -76,7 +78,7 @@ class Trainer:
         self.total_steps = (config.train_steps if config.train_steps
                             else int(math.ceil(config.epochs * self.steps_per_epoch)))
         with self.strategy.scope():
-            self.model = build_model(config)
+            self.model = build_model(config, self.strategy.num_replicas_in_sync)
             o = config.optimizer
             self.lr_schedule = optim.learning_rate_schedule(
                 o.lr, self.global_batch, self._exact_steps_per_epoch, warmup_epochs=o.warmup_epochs,
@@ -190,6 +192,13 @@ class Trainer:
                 tf.reduce_sum(mask))
 
     # ---------------------------------------------------------------- public
+    def _bn_description(self) -> str:
+        n = self.strategy.num_replicas_in_sync
+        k = self.config.model.resolved_bn_group_size(n)
+        if n == 1 or k == 1:
+            return "BN statistics per replica"
+        return f"BN statistics over {'all' if k == n else f'groups of {k}'} replicas"
+
     def ema_weights(self):
         """Context in which the model holds the EMA weights (no-op without EMA)."""
         return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
@@ -221,7 +230,7 @@ class Trainer:
         start_step, t_start = step, time.perf_counter()
         self.log(f"Training {self.model.name}: steps {step} -> {total_steps} "
                  f"({self.steps_per_epoch} per epoch), global batch {self.global_batch} on "
-                 f"{self.strategy.num_replicas_in_sync} replica(s).")
+                 f"{self.strategy.num_replicas_in_sync} replica(s); {self._bn_description()}.")
         while step < total_steps:
             n = min(spe, total_steps - step)
             t0 = time.perf_counter()
