@@ -1,18 +1,20 @@
 """Training images/s: our loop (full recipe, and stripped) vs keras.applications B0 under fit.
 
-    .venv/bin/python bench/train.py [--steps 10] [--cases 32x256,224x32]
+    .venv/bin/python bench/train.py [--steps 10] [--repeats 3] [--cases 32x256,224x32]
 
 Same process, same batches (one fixed random batch repeated), B0 at each size:
 - keras_fit: keras.applications.EfficientNetB0(weights=None) + compile(RMSprop) + fit;
 - ours_plain: our Trainer with EMA, L2 and label smoothing switched off;
 - ours_recipe: our Trainer with the paper's recipe (RMSpropTF1, EMA, L2, label smoothing).
 Ours is timed by the loop's own per-execution clock (steps_per_execution = steps, after a
-warm-up execution), Keras by wall time around fit() after a warm-up fit. Prints JSON.
+warm-up execution), Keras by wall time around fit() after a warm-up fit; each figure is the
+median of --repeats timed executions (min and max are printed too). Prints JSON.
 Goal (issue 5): ours_recipe costs at most 10% over keras_fit.
 """
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -28,23 +30,32 @@ def batches(size, batch):
     return tf.data.Dataset.from_tensors((x, y)).repeat()
 
 
-def keras_fit(size, batch, steps):
+def summary(rates):
+    rates = sorted(rates)
+    return {"median": round(statistics.median(rates), 1), "min": round(rates[0], 1),
+            "max": round(rates[-1], 1)}
+
+
+def keras_fit(size, batch, steps, repeats):
     model = keras.applications.EfficientNetB0(weights=None, input_shape=(size, size, 3))
     model.compile(keras.optimizers.RMSprop(1e-3), "sparse_categorical_crossentropy",
                   steps_per_execution=steps)
     ds = batches(size, batch)
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)  # warm-up: trace and compile
-    t = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * batch / (time.perf_counter() - t)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        rates.append(steps * batch / (time.perf_counter() - t))
+    return summary(rates)
 
 
-def ours(size, batch, steps, recipe: bool):
+def ours(size, batch, steps, repeats, recipe: bool):
     from efficientnet_tf.train import config as cfglib
     from efficientnet_tf.train.loop import Trainer
 
     overrides = [f"data.image_size={size}", f"train_batch_size={batch}", f"eval_batch_size={batch}",
-                 f"steps_per_execution={steps}", f"train_steps={2 * steps}",
+                 f"steps_per_execution={steps}", f"train_steps={(1 + repeats) * steps}",
                  "checkpoint_every_steps=1000000", "use_bfloat16=false", "data.synthetic=true"]
     if not recipe:
         overrides += ["optimizer.ema_decay=0", "optimizer.weight_decay=0",
@@ -56,24 +67,28 @@ def ours(size, batch, steps, recipe: bool):
         trainer.train()
         with open(os.path.join(model_dir, "history.jsonl")) as f:
             records = [json.loads(line) for line in f]
-    return records[-1]["images_per_s"]  # the second execution: no tracing in it
+    return summary([r["images_per_s"] for r in records[1:]])  # the first execution traces
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3, help="timed executions per variant")
     p.add_argument("--cases", default="32x256,224x32")
     args = p.parse_args()
-    out = {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "steps": args.steps, "cases": {}}
+    out = {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "steps": args.steps,
+           "repeats": args.repeats, "images_per_s": "median (min, max) of the repeats",
+           "cases": {}}
     for case in args.cases.split(","):
         size, batch = (int(v) for v in case.split("x"))
-        steps = args.steps if size <= 64 else max(3, args.steps // 3)
-        r = {"keras_fit": keras_fit(size, batch, steps),
-             "ours_plain": ours(size, batch, steps, recipe=False),
-             "ours_recipe": ours(size, batch, steps, recipe=True)}
-        r = {k: round(v, 1) for k, v in r.items()}
-        r["recipe_cost_vs_keras_fit"] = round(1 - r["ours_recipe"] / r["keras_fit"], 3)
-        r["recipe_cost_vs_ours_plain"] = round(1 - r["ours_recipe"] / r["ours_plain"], 3)
+        steps = args.steps
+        r = {"steps_per_execution": steps,
+             "keras_fit": keras_fit(size, batch, steps, args.repeats),
+             "ours_plain": ours(size, batch, steps, args.repeats, recipe=False),
+             "ours_recipe": ours(size, batch, steps, args.repeats, recipe=True)}
+        med = {k: r[k]["median"] for k in ("keras_fit", "ours_plain", "ours_recipe")}
+        r["recipe_cost_vs_keras_fit"] = round(1 - med["ours_recipe"] / med["keras_fit"], 3)
+        r["recipe_cost_vs_ours_plain"] = round(1 - med["ours_recipe"] / med["ours_plain"], 3)
         out["cases"][case] = r
         keras.backend.clear_session()
     print(json.dumps(out, indent=2))
