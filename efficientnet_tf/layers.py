@@ -179,6 +179,7 @@ def group_moments(x, axes, group_size: int, replica_ctx):
     if group_size < 1 or n % group_size:
         raise ValueError(f"BN group_size {group_size} must divide the {n} replicas in sync; "
                          f"choose a divisor of {n} (1 = per replica, {n} = all replicas).")
+    dtype = x.dtype
     x = tf.cast(x, tf.float32)
     count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), tf.float32)
     local = tf.concat([tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes),
@@ -192,16 +193,19 @@ def group_moments(x, axes, group_size: int, replica_ctx):
         total = tf.reduce_sum(onehot[:, None] * rows, axis=0)
     channels = (total.shape[0] - 1) // 2
     total_count = total[-1]
-    mean = total[:channels] / total_count
-    variance = tf.maximum(total[channels:2 * channels] / total_count - tf.square(mean), 0.0)
-    return mean, variance
+    mean = tf.math.divide_no_nan(total[:channels], total_count)
+    variance = tf.maximum(
+        tf.math.divide_no_nan(total[channels:2 * channels], total_count) - tf.square(mean), 0.0)
+    return tf.cast(mean, dtype), tf.cast(variance, dtype)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class GroupBatchNormalization(layers.BatchNormalization):
     """BatchNormalization whose training statistics are pooled over groups of `group_size`
-    consecutive replicas (see group_moments). Outside a multi-replica strategy, and at
-    inference, it is plain BatchNormalization. TensorFlow backend only."""
+    consecutive replicas (see group_moments). Outside a multi-replica strategy, at inference,
+    and with a mask, it is plain per-replica BatchNormalization. TensorFlow backend only.
+    Keras' .keras / .weights.h5 files key layers by class, so save weights for plain-BN models
+    from a model built without groups (the export path does that)."""
 
     def __init__(self, group_size: int = 1, **kwargs):
         if kwargs.get("synchronized"):

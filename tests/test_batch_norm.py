@@ -147,6 +147,22 @@ def test_model_with_bn_groups_saves_and_loads(tmp_path):
     np.testing.assert_allclose(again(x), model(x), atol=1e-6)
 
 
+def test_build_model_for_export_uses_plain_bn_whatever_the_training_groups():
+    from efficientnet_tf.train.loop import build_model
+
+    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
+        "model.bn_group_size=4", "model.width_coefficient=0.1", "model.depth_coefficient=0.1"])
+    one = build_model(config)  # num_replicas=1, as load_model_for_export calls it
+    assert not any(isinstance(layer, GroupBatchNormalization) for layer in one.layers)
+    four = build_model(config, num_replicas=8)
+    assert {layer.group_size for layer in four.layers
+            if isinstance(layer, GroupBatchNormalization)} == {4}
+    sync = build_model(cfglib.apply_overrides(config, ["model.bn_group_size=none",
+                                                       "model.synchronized_bn=true"]), 8)
+    bns = [layer for layer in sync.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(type(b) is keras.layers.BatchNormalization and b.synchronized for b in bns)
+
+
 def test_config_resolves_the_reference_group_rule():
     model = cfglib.load_config("efficientnet-b0").model
     assert model.bn_group_size is None
@@ -158,6 +174,9 @@ def test_config_resolves_the_reference_group_rule():
     assert fixed.resolved_bn_group_size(32) == 4
     with pytest.raises(ValueError, match="does not divide the 6 replicas"):
         fixed.resolved_bn_group_size(6)
+    assert fixed.resolved_bn_group_size(1) == 1  # export and single-device eval
+    # The rule's value must divide the replicas: 12 -> 6 (not 8), 100 -> 10 (not 12).
+    assert [model.resolved_bn_group_size(n) for n in (12, 100)] == [6, 10]
     with pytest.raises(ValueError, match="cannot be combined"):
         cfglib.apply_overrides(cfglib.load_config("b0"),
                                ["model.synchronized_bn=true", "model.bn_group_size=4"])

@@ -86,11 +86,22 @@ class ModelConfig:
                   "with bn_group_size. Set one of them.")
 
     def resolved_bn_group_size(self, num_replicas: int) -> int:
-        """Replicas per BN-statistics group for this many replicas (num_replicas = all)."""
+        """Replicas per BN-statistics group for this many replicas (num_replicas = all).
+
+        The reference's rule (bn_group_size None) takes the largest divisor of num_replicas
+        that is <= max(8, n // 8) when that value does not divide n (TPU slices always divide).
+        """
         if self.synchronized_bn:
             return num_replicas
+        if num_replicas == 1:
+            return 1  # one device (export, single-device eval): groups do not apply
         if self.bn_group_size is None:
-            return 1 if num_replicas <= 8 else max(8, num_replicas // 8)
+            if num_replicas <= 8:
+                return 1
+            k = max(8, num_replicas // 8)
+            while num_replicas % k:
+                k -= 1
+            return k
         if num_replicas % self.bn_group_size:
             _fail(f"model.bn_group_size={self.bn_group_size} does not divide the {num_replicas} "
                   f"replicas; use a divisor of {num_replicas} (1 = per replica).")

@@ -41,8 +41,8 @@ def build_model(config, num_replicas: int = 1) -> keras.Model:
     return EfficientNet(
         **kw, default_size=size, dropout_rate=m.dropout_rate,
         drop_connect_rate=m.drop_connect_rate, stem_strides=m.stem_strides,
-        bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
-        bn_group_size=m.resolved_bn_group_size(num_replicas),
+        bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, synchronized_bn=m.synchronized_bn,
+        bn_group_size=None if m.synchronized_bn else m.resolved_bn_group_size(num_replicas),
         input_shape=(size, size, 3),
         classes=m.num_classes, classifier_activation=None,
         name=m.model_name.replace("-", "") if m.model_name else None)
