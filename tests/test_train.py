@@ -112,6 +112,18 @@ def test_mirrored_two_replicas_match_single_replica(tmp_path, single_run):
     assert_weights_close(mirrored["weights"], single_run["weights"], atol=1e-4)
 
 
+def test_bn_groups_of_two_on_four_replicas_match_per_replica_bn_on_two(tmp_path):
+    """Global batch 8: on 4 replicas with BN groups {0,1}, {2,3} each group normalizes the same
+    4 images as one replica of a 2-replica run with per-replica BN, so the runs must agree."""
+    grouped = run_worker(tmp_path / "grouped", 4, "mirrored", "--cpus=4", "--bn_group=2")
+    pairs = run_worker(tmp_path / "pairs", 4, "mirrored", "--cpus=2", "--bn_group=1")
+    per_replica = run_worker(tmp_path / "per_replica", 4, "mirrored", "--cpus=4", "--bn_group=1")
+    np.testing.assert_allclose(grouped["losses"], pairs["losses"], rtol=1e-4)
+    assert_weights_close(grouped["weights"], pairs["weights"], atol=1e-4)
+    # ... and differ from per-replica BN on 4 (2 images per BN batch), so the check has teeth.
+    assert max(abs(a - b) for a, b in zip(grouped["losses"], per_replica["losses"])) > 1e-3
+
+
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:

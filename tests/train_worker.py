@@ -46,6 +46,7 @@ def main():
     p.add_argument("--cpus", type=int, default=1)
     p.add_argument("--ckpt_every", type=int, default=2)
     p.add_argument("--sync_bn", action="store_true")
+    p.add_argument("--bn_group", type=int, default=None, help="model.bn_group_size")
     p.add_argument("--drop", type=float, default=0.0)
     a = p.parse_args()
     if a.cpus > 1:
@@ -61,6 +62,7 @@ def main():
         "model.width_coefficient=0.1", "model.depth_coefficient=0.1",
         f"model.dropout_rate={a.drop}", f"model.drop_connect_rate={a.drop}",
         f"model.synchronized_bn={str(a.sync_bn).lower()}",
+        f"model.bn_group_size={a.bn_group if a.bn_group else 'none'}",
         f"data.image_size={SIZE}", "data.synthetic=true", f"train_batch_size={GLOBAL_BATCH}",
         "eval_batch_size=8", "steps_per_execution=1", f"checkpoint_every_steps={a.ckpt_every}",
         "seed=7", "resume_data=skip", "optimizer.warmup_epochs=0.5", "optimizer.ema_decay=0.9",
