@@ -184,13 +184,9 @@ def group_moments(x, axes, group_size: int, replica_ctx):
     count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), tf.float32)
     local = tf.concat([tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes),
                        tf.reshape(count, [1])], axis=0)
-    groups = n // group_size
-    if groups == 1:
-        total = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
-    else:
-        onehot = tf.one_hot(replica_ctx.replica_id_in_sync_group // group_size, groups)
-        rows = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, onehot[:, None] * local[None])
-        total = tf.reduce_sum(onehot[:, None] * rows, axis=0)
+    onehot = tf.one_hot(replica_ctx.replica_id_in_sync_group // group_size, n // group_size)
+    rows = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, onehot[:, None] * local[None])
+    total = tf.reduce_sum(onehot[:, None] * rows, axis=0)
     channels = (total.shape[0] - 1) // 2
     total_count = total[-1]
     mean = tf.math.divide_no_nan(total[:channels], total_count)

@@ -195,7 +195,7 @@ class Trainer:
     def _bn_description(self) -> str:
         n = self.strategy.num_replicas_in_sync
         k = self.config.model.resolved_bn_group_size(n)
-        if n == 1 or k == 1:
+        if k == 1:
             return "BN statistics per replica"
         return f"BN statistics over {'all' if k == n else f'groups of {k}'} replicas"
 
