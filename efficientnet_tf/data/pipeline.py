@@ -44,6 +44,7 @@ class DataConfig:
     crop_padding: int = preprocessing.DEFAULT_CROP_PADDING
     resize_method: str = "bicubic_tf1"
     min_crop_area: float = 0.08  # train crops cover this fraction of the image at least
+    random_flip: bool = True  # left-right flips in training (off when orientation matters)
     num_parallel_calls: int = AUTOTUNE
     cycle_length: int = 16  # files read in parallel
     eval_drop_remainder: bool = False
@@ -207,7 +208,7 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
             image = preprocessing.preprocess_for_train(
                 image, size, config.augment_name, config.randaug_num_layers,
                 config.randaug_magnitude, config.resize_method, seed=elem_seed,
-                min_crop_area=config.min_crop_area)
+                min_crop_area=config.min_crop_area, random_flip=config.random_flip)
             return _to_dtype(image, config.image_dtype), _check_labels(label, config.num_classes)
     else:
         def preprocess(image, label):

@@ -141,11 +141,12 @@ def _split_seed(seed, n):
     return tf.unstack(tf.random.experimental.stateless_split(seed, n))
 
 
-def _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, seed):
+def _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, seed,
+                      random_flip=True):
     flip_seed, aug_seed = _split_seed(seed, 2)
-    if seed is None:
+    if random_flip and seed is None:
         image = tf.image.random_flip_left_right(image)
-    else:
+    elif random_flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     if augment_name:
         from efficientnet_tf.data import augment  # lazy: optional until it is needed
@@ -160,18 +161,22 @@ def _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude
 def preprocess_for_train(image_bytes: tf.Tensor, image_size: int, augment_name: str | None = None,
                          randaug_num_layers: int = 2, randaug_magnitude: float = 10.0,
                          resize_method: str = "bicubic_tf1",
-                         seed: tf.Tensor | None = None, min_crop_area: float = 0.08) -> tf.Tensor:
+                         seed: tf.Tensor | None = None, min_crop_area: float = 0.08,
+                         random_flip: bool = True) -> tf.Tensor:
     """Encoded image -> float32 [size, size, 3] in [0, 255], as the reference's train path.
 
     `seed` (optional int [2]) makes crop, flip and augmentation stateless (reproducible).
     min_crop_area: the smallest crop as a fraction of the image (the reference: 0.08; small,
     centred images such as Fashion-MNIST want much larger crops).
+    random_flip: mirror half the images left-right (the reference does); turn it off for data
+    whose orientation carries meaning (Fashion-MNIST footwear always points one way).
     """
     crop_seed, rest_seed = _split_seed(seed, 2)
     image = decode_and_crop(image_bytes, lambda shape: train_crop_window(
         shape, image_size, crop_seed, min_crop_area))
     image = resize(image, image_size, resize_method)
-    image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, rest_seed)
+    image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, rest_seed,
+                              random_flip)
     image.set_shape([image_size, image_size, 3])
     return image
 
@@ -182,14 +187,16 @@ def preprocess_image_tensor_for_train(image: tf.Tensor, image_size: int,
                                       randaug_magnitude: float = 10.0,
                                       resize_method: str = "bicubic_tf1",
                                       seed: tf.Tensor | None = None,
-                                      min_crop_area: float = 0.08) -> tf.Tensor:
+                                      min_crop_area: float = 0.08,
+                                      random_flip: bool = True) -> tf.Tensor:
     """preprocess_for_train on an already decoded image [h, w, 1|3|4]."""
     crop_seed, rest_seed = _split_seed(seed, 2)
     image = _to_rgb(tf.convert_to_tensor(image))
     image = _crop(image, train_crop_window(tf.shape(image)[:2], image_size, crop_seed,
                                            min_crop_area))
     image = resize(image, image_size, resize_method)
-    image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, rest_seed)
+    image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, rest_seed,
+                              random_flip)
     image.set_shape([image_size, image_size, 3])
     return image
 

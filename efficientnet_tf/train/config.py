@@ -134,6 +134,7 @@ class DataSection:
     crop_padding: int = 32  # eval center crop; 32 is what the published checkpoints used
     resize_method: str = "bicubic_tf1"  # bicubic_tf1 | bicubic | bilinear
     min_crop_area: float = 0.08  # smallest train crop, fraction of the image (reference: 0.08)
+    random_flip: bool = True  # left-right flips in training; false when orientation matters
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     cycle_length: int = 16
     eval_drop_remainder: bool = False
