@@ -86,6 +86,21 @@ def test_deterministic_seeded_train_is_reproducible(fm_dir):
     assert not all(np.array_equal(ya, yc) for (_, ya), yc in zip(a, c))
 
 
+def test_random_flip_off_reaches_the_train_pipeline(fm_dir):
+    def batches(**kw):
+        config = _config(fm_dir, deterministic=True, seed=7, min_crop_area=0.85, **kw)
+        return [(x.numpy(), y.numpy()) for x, y in build_dataset(config, "train", 16).take(2)]
+
+    mirrored = 0
+    for (xf, yf), (xk, yk) in zip(batches(), batches(random_flip=False)):
+        np.testing.assert_array_equal(yf, yk)  # same order, same crops: only flips differ
+        for a, b in zip(xf, xk):
+            same = np.array_equal(a, b)
+            assert same or np.array_equal(a[:, ::-1], b)
+            mirrored += not same
+    assert mirrored > 0
+
+
 def test_input_context_gives_per_replica_batches_and_disjoint_file_shards(fm_dir):
     seen = []
     for pipeline in range(2):

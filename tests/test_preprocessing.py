@@ -200,3 +200,28 @@ def test_min_crop_area_setting_raises_the_smallest_crop():
     default = np.array([P.train_crop_window([h, w], 224, seed=tf.constant([i, 9])).numpy()
                         for i in range(150)])
     assert (default[:, 2] * default[:, 3] / (h * w)).min() < 0.3
+
+
+def test_random_flip_off_keeps_the_orientation_and_the_crops():
+    # bright right third: a flip moves the weight to the left half
+    image = np.zeros((28, 28, 1), np.uint8)
+    image[:, 19:] = 255
+    jpeg = _encode(image[..., 0], "PNG")
+
+    def right_heavy(out):
+        return float(tf.reduce_mean(out[:, 14:])) > float(tf.reduce_mean(out[:, :14]))
+
+    seeds = [tf.constant([i, 7]) for i in range(24)]
+    flipped = [P.preprocess_for_train(jpeg, 28, seed=s, min_crop_area=0.85) for s in seeds]
+    kept = [P.preprocess_for_train(jpeg, 28, seed=s, min_crop_area=0.85, random_flip=False)
+            for s in seeds]
+    assert 0 < sum(map(right_heavy, flipped)) < len(seeds)  # about half are mirrored
+    assert all(map(right_heavy, kept))
+    # same seeds -> same crops: each output is the flipped one or its mirror image
+    for a, b in zip(flipped, kept):
+        assert (np.array_equal(a.numpy(), b.numpy())
+                or np.array_equal(a.numpy()[:, ::-1], b.numpy()))
+    tensor = [P.preprocess_image_tensor_for_train(tf.constant(image), 28, seed=s,
+                                                  min_crop_area=0.85, random_flip=False)
+              for s in seeds]
+    assert all(map(right_heavy, tensor))

@@ -177,9 +177,10 @@ def test_data_section_matches_pipeline_data_config():
         f"only there {set(theirs) - set(ours)}")
     assert ours == theirs
     section = cfg.apply_overrides(cfg.load_config("fashion_mnist"),
-                                  ["data.synthetic=true", "data.image_size=40"]).data
+                                  ["data.synthetic=true", "data.image_size=40",
+                                   "data.random_flip=false"]).data
     dc = section.to_data_config()
-    assert isinstance(dc, pipeline.DataConfig)
+    assert isinstance(dc, pipeline.DataConfig) and dc.random_flip is False
     assert dataclasses.asdict(dc) == dataclasses.asdict(section)
 
 
