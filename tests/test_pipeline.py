@@ -101,6 +101,16 @@ def test_random_flip_off_reaches_the_train_pipeline(fm_dir):
     assert mirrored > 0
 
 
+def test_train_crops_fall_back_to_the_configured_eval_crop(fm_dir):
+    # min_crop_area 1: every crop falls back to the eval crop, the whole image with crop_padding 0
+    config = _config(fm_dir, eval_file_pattern="train-*", cycle_length=1, min_crop_area=1.0,
+                     random_flip=False, deterministic=True, seed=3)
+    whole = np.concatenate([x.numpy() for x, _ in build_dataset(config, "eval", 32)])
+    train = next(iter(build_dataset(config, "train", 32)))[0].numpy()
+    for image in train:
+        assert np.abs(whole - image).max(axis=(1, 2, 3)).min() == 0
+
+
 def test_input_context_gives_per_replica_batches_and_disjoint_file_shards(fm_dir):
     seen = []
     for pipeline in range(2):

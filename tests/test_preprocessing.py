@@ -225,3 +225,16 @@ def test_random_flip_off_keeps_the_orientation_and_the_crops():
                                                   min_crop_area=0.85, random_flip=False)
               for s in seeds]
     assert all(map(right_heavy, tensor))
+
+
+def test_train_fallback_crop_is_the_configured_eval_crop():
+    # A 28 px image with crops of >= 85%: about 1 in 25 draws falls back to the eval crop. With
+    # the reference's fixed crop_padding 32 that is the central 13 px; with 0 it is the image.
+    def windows(**kw):
+        f = tf.function(lambda s: P.train_crop_window([28, 28], 28, seed=s, min_area=0.85, **kw))
+        return np.array([f(tf.constant([i, 5])).numpy() for i in range(400)])
+
+    assert (windows()[:, 2:] == 13).all(axis=1).any()
+    padded0 = windows(crop_padding=0)
+    assert padded0[:, 2:].min() >= 24  # sqrt(0.85) * 28 = 25.8, less rounding and aspect
+    assert (padded0 == [0, 0, 28, 28]).all(axis=1).any()

@@ -208,7 +208,8 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
             image = preprocessing.preprocess_for_train(
                 image, size, config.augment_name, config.randaug_num_layers,
                 config.randaug_magnitude, config.resize_method, seed=elem_seed,
-                min_crop_area=config.min_crop_area, random_flip=config.random_flip)
+                min_crop_area=config.min_crop_area, random_flip=config.random_flip,
+                crop_padding=config.crop_padding)
             return _to_dtype(image, config.image_dtype), _check_labels(label, config.num_classes)
     else:
         def preprocess(image, label):

@@ -82,16 +82,19 @@ def distorted_crop_window(shape_hw: tf.Tensor, seed: tf.Tensor | None = None,
 
 
 def train_crop_window(shape_hw: tf.Tensor, image_size: int,
-                      seed: tf.Tensor | None = None, min_area: float = 0.08) -> tf.Tensor:
+                      seed: tf.Tensor | None = None, min_area: float = 0.08,
+                      crop_padding: int = DEFAULT_CROP_PADDING) -> tf.Tensor:
     """Random crop window; the eval center crop when the sampled box is the whole image.
 
+    The fallback is the eval crop with the same `crop_padding` as evaluation (the reference: 32
+    for both). With a fixed 32, a 28 px image would fall back to its central 13 px.
     (The reference compares all three dims of the crop with extract_jpeg_shape, so for a
     grayscale JPEG (1 vs 3 channels) its fallback never fires; we compare height and width.)
     """
     shape_hw = tf.cast(shape_hw, tf.int32)[:2]
     window = distorted_crop_window(shape_hw, seed=seed, area_range=(min_area, 1.0))
     whole = tf.reduce_all(tf.equal(window[2:], shape_hw))
-    return tf.where(whole, center_crop_window(shape_hw, image_size), window)
+    return tf.where(whole, center_crop_window(shape_hw, image_size, crop_padding), window)
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -162,7 +165,8 @@ def preprocess_for_train(image_bytes: tf.Tensor, image_size: int, augment_name: 
                          randaug_num_layers: int = 2, randaug_magnitude: float = 10.0,
                          resize_method: str = "bicubic_tf1",
                          seed: tf.Tensor | None = None, min_crop_area: float = 0.08,
-                         random_flip: bool = True) -> tf.Tensor:
+                         random_flip: bool = True,
+                         crop_padding: int = DEFAULT_CROP_PADDING) -> tf.Tensor:
     """Encoded image -> float32 [size, size, 3] in [0, 255], as the reference's train path.
 
     `seed` (optional int [2]) makes crop, flip and augmentation stateless (reproducible).
@@ -170,10 +174,11 @@ def preprocess_for_train(image_bytes: tf.Tensor, image_size: int, augment_name: 
     centred images such as Fashion-MNIST want much larger crops).
     random_flip: mirror half the images left-right (the reference does); turn it off for data
     whose orientation carries meaning (Fashion-MNIST footwear always points one way).
+    crop_padding: the eval center crop's, used when no random crop is found (as the reference).
     """
     crop_seed, rest_seed = _split_seed(seed, 2)
     image = decode_and_crop(image_bytes, lambda shape: train_crop_window(
-        shape, image_size, crop_seed, min_crop_area))
+        shape, image_size, crop_seed, min_crop_area, crop_padding))
     image = resize(image, image_size, resize_method)
     image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, rest_seed,
                               random_flip)
@@ -188,12 +193,13 @@ def preprocess_image_tensor_for_train(image: tf.Tensor, image_size: int,
                                       resize_method: str = "bicubic_tf1",
                                       seed: tf.Tensor | None = None,
                                       min_crop_area: float = 0.08,
-                                      random_flip: bool = True) -> tf.Tensor:
+                                      random_flip: bool = True,
+                                      crop_padding: int = DEFAULT_CROP_PADDING) -> tf.Tensor:
     """preprocess_for_train on an already decoded image [h, w, 1|3|4]."""
     crop_seed, rest_seed = _split_seed(seed, 2)
     image = _to_rgb(tf.convert_to_tensor(image))
     image = _crop(image, train_crop_window(tf.shape(image)[:2], image_size, crop_seed,
-                                           min_crop_area))
+                                           min_crop_area, crop_padding))
     image = resize(image, image_size, resize_method)
     image = _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, rest_seed,
                               random_flip)
