@@ -147,10 +147,9 @@ def _split_seed(seed, n):
 def _flip_and_augment(image, augment_name, randaug_num_layers, randaug_magnitude, seed,
                       random_flip=True):
     flip_seed, aug_seed = _split_seed(seed, 2)
-    if random_flip and seed is None:
-        image = tf.image.random_flip_left_right(image)
-    elif random_flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    if random_flip:
+        image = (tf.image.random_flip_left_right(image) if seed is None
+                 else tf.image.stateless_random_flip_left_right(image, seed=flip_seed))
     if augment_name:
         from efficientnet_tf.data import augment  # lazy: optional until it is needed
         # The reference truncates (tf.cast) to uint8 before augmenting.
