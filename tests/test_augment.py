@@ -22,8 +22,12 @@ Where the TPU reference itself departs from PIL and we follow PIL instead: Contr
 instead of rounding), shear's half-pixel offset (the reference shears about pixel index 0,
 PIL about the first pixel's corner) and Color's gray (tf.image.rgb_to_grayscale weights vs PIL's fixed point). Posterize
 with 0 bits, which Pillow refuses, keeps 1 bit like the reference did on CPU.
+
+Then the policies: the level mapping, the random choices, and the op registry (OPS) that
+RandAugment's op list and AutoAugment's name lookup come from.
 """
 
+import dataclasses
 import itertools
 import os
 
@@ -35,6 +39,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageEnhance, ImageOps  # noqa: E402
 from skimage import data  # noqa: E402
 
+from efficientnet_tf import constants  # noqa: E402
 from efficientnet_tf.data import augment  # noqa: E402
 from efficientnet_tf.data.augment import ops  # noqa: E402
 
@@ -325,6 +330,50 @@ def test_policies_change_images_and_keep_static_shape(photos):
     spec = tf.TensorSpec([224, 224, 3], tf.uint8)
     traced = tf.function(lambda x: augment.autoaugment(x), input_signature=[spec])
     assert traced.get_concrete_function().structured_outputs.shape.as_list() == [224, 224, 3]
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+def test_registry_defines_the_op_lists():
+    assert augment.AUGMENT_NAMES is constants.AUGMENT_NAMES
+    assert all(key == op.name and callable(op.fn) for key, op in augment.OPS.items())
+    assert augment.OP_NAMES == tuple(augment.OPS)
+    assert augment.RANDAUGMENT_OPS == tuple(n for n, op in augment.OPS.items() if op.randaugment)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        augment.OPS["Invert"].randaugment = False
+
+
+def _black(image):
+    return tf.zeros_like(image)
+
+
+@pytest.mark.parametrize("in_randaugment", [True, False])
+def test_a_registered_op_joins_randaugment(monkeypatch, in_randaugment):
+    """One new registry entry is all RandAugment needs; flagged off, it is never drawn."""
+    entry = augment.AugmentOp("Black", _black, lambda level, rng, **consts: (),
+                              randaugment=in_randaugment)
+    monkeypatch.setattr(augment, "OPS", {**augment.OPS, "Black": entry})
+    img = _noise()  # values 60..190: no other op gives an all-black image
+    assert (augment.apply_op(img, "Black", 5).numpy() == 0).all()
+    n = 340
+    ds = tf.data.Dataset.range(n).map(
+        lambda i: augment.randaugment(img, 1, 10.0, seed=tf.stack([i, 5])))
+    black = sum(int((out == 0).all()) for out in ds.as_numpy_iterator())
+    if in_randaugment:
+        expect = n / 17
+        assert abs(black - expect) <= 3.5 * np.sqrt(expect) + 1, (black, expect)
+    else:
+        assert black == 0
+
+
+def test_unknown_op_name_lists_the_valid_ones(monkeypatch):
+    img = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="unknown augmentation op 'Blur'") as err:
+        augment.apply_op(img, "Blur", 3)
+    assert all(name in str(err.value) for name in augment.OP_NAMES)
+    monkeypatch.setitem(augment.POLICIES, "bad", ((("Invert", 0.5, 1), ("Blur", 0.5, 3)),))
+    with pytest.raises(ValueError, match="unknown augmentation op 'Blur'; valid: AutoContrast"):
+        augment.autoaugment(img, policy="bad")
 
 
 def test_bad_inputs_raise():

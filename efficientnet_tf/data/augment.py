@@ -3,7 +3,8 @@
 Core TensorFlow only; everything runs in graph mode inside tf.data map. Input and output are
 uint8 [H, W, 3] images of any size. The ops themselves (efficientnet_tf.data._augment_ops,
 re-exported here and as `ops`) follow their PIL definitions; this module holds the reference's
-policy table, its level -> argument mapping and its random choices:
+policy table, its level -> argument mapping and its random choices. Each op is one entry of
+the registry OPS (its function and level mapping); both policies look ops up there by name:
 
 - AutoAugment v0: pick one of 25 sub-policies uniformly; apply each of its two ops with the
   op's probability. Level 0..10; translate_const 250, cutout_const 100.
@@ -29,11 +30,13 @@ every image gets the same augmentation.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Callable
 
 import tensorflow as tf
 
+from efficientnet_tf.constants import AUGMENT_NAMES  # noqa: F401  (public re-export)
 from efficientnet_tf.data import _augment_ops as ops
 from efficientnet_tf.data._augment_ops import (  # noqa: F401  (public re-exports)
     GRAY, autocontrast, brightness, color, contrast, cutout, equalize, invert, posterize,
@@ -44,7 +47,6 @@ from efficientnet_tf.data._augment_ops import (  # noqa: F401  (public re-export
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 MAX_LEVEL = 10.0
-AUGMENT_NAMES = ("autoaugment", "randaugment")
 
 # (op, probability, level) pairs; the AutoAugment paper's ImageNet policy as in the reference.
 POLICY_V0 = (
@@ -75,11 +77,6 @@ POLICY_V0 = (
     (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
 )
 POLICIES = {"v0": POLICY_V0}
-
-RANDAUGMENT_OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color",
-    "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
-    "Cutout", "SolarizeAdd")
 
 AUTOAUGMENT_CONSTS = {"translate_const": 250, "cutout_const": 100}
 RANDAUGMENT_CONSTS = {"translate_const": 100, "cutout_const": 40}
@@ -125,73 +122,124 @@ def _negate_half(value: tf.Tensor, rng: Rng) -> tf.Tensor:
     return tf.where(rng.uniform() < 0.5, -value, value)
 
 
-def level_to_arg(name: str, level, rng: Rng, translate_const: float = 250,
-                 cutout_const: float = 100) -> tuple:
-    """The reference's mapping from a level (0..10, RandAugment allows more) to op arguments.
+# --- level -> arguments: the reference's mapping ---------------------------------------------
+# Each takes (level, rng, translate_const=, cutout_const=) and returns the op's argument tuple.
+# The arithmetic is float64 like the reference's Python, so int(level / 10 * k) truncates
+# identically; level may be a Python number or a scalar tensor.
 
-    level may be a Python number or a scalar tensor. The arithmetic is float64 like the
-    reference's Python, so int(level / 10 * k) truncates identically.
-    """
-    frac = tf.cast(level, tf.float64) / MAX_LEVEL
-
-    def trunc(k):
-        return tf.cast(tf.floor(frac * k), tf.int32)
-
-    if name in ("AutoContrast", "Equalize", "Invert"):
-        return ()
-    if name == "Rotate":
-        return (_negate_half(frac * 30.0, rng),)
-    if name == "Posterize":
-        return (trunc(4.0),)
-    if name == "Solarize":
-        return (trunc(256.0),)
-    if name == "SolarizeAdd":
-        return (trunc(110.0),)
-    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
-        return (frac * 1.8 + 0.1,)
-    if name in ("ShearX", "ShearY"):
-        return (_negate_half(frac * 0.3, rng),)
-    if name in ("TranslateX", "TranslateY"):
-        return (_negate_half(frac * float(translate_const), rng),)
-    if name == "Cutout":
-        return (trunc(float(cutout_const)),)
-    raise ValueError(f"unknown augmentation op {name!r}; valid: {sorted(OP_NAMES)}")
+def _frac(level) -> tf.Tensor:
+    return tf.cast(level, tf.float64) / MAX_LEVEL
 
 
-def _cutout_random(image: tf.Tensor, pad_size, rng: Rng) -> tf.Tensor:
+def _trunc(level, k: float) -> tf.Tensor:
+    return tf.cast(tf.floor(_frac(level) * k), tf.int32)
+
+
+def _no_args(level, rng, **consts) -> tuple:
+    return ()
+
+
+def _enhance_factor(level, rng, **consts) -> tuple:
+    return (_frac(level) * 1.8 + 0.1,)
+
+
+def _int_scaled(k: float) -> Callable[..., tuple]:
+    return lambda level, rng, **consts: (_trunc(level, k),)
+
+
+def _signed(k: float) -> Callable[..., tuple]:
+    return lambda level, rng, **consts: (_negate_half(_frac(level) * k, rng),)
+
+
+def _translate_pixels(level, rng, translate_const, **consts) -> tuple:
+    return (_negate_half(_frac(level) * float(translate_const), rng),)
+
+
+def _cutout_args(level, rng, cutout_const, **consts) -> tuple:
+    return (_trunc(level, float(cutout_const)), rng)
+
+
+def _cutout_at_random_centre(image: tf.Tensor, pad_size, rng: Rng) -> tf.Tensor:
     shape = tf.shape(image)
     center = (rng.integer(shape[0]), rng.integer(shape[1]))
     return ops.cutout(image, pad_size, center, GRAY)
 
 
-_OPS: dict[str, Callable] = {
-    "AutoContrast": ops.autocontrast, "Equalize": ops.equalize, "Invert": ops.invert,
-    "Rotate": ops.rotate, "Posterize": ops.posterize, "Solarize": ops.solarize,
-    "SolarizeAdd": ops.solarize_add, "Color": ops.color, "Contrast": ops.contrast,
-    "Brightness": ops.brightness, "Sharpness": ops.sharpness, "ShearX": ops.shear_x,
-    "ShearY": ops.shear_y, "TranslateX": ops.translate_x, "TranslateY": ops.translate_y,
-}
-OP_NAMES = RANDAUGMENT_OPS  # every op either policy uses, in RandAugment's order
+# --- the registry ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class AugmentOp:
+    """One augmentation op: out = fn(image, *level_to_args(level, rng, **consts)).
+
+    consts are translate_const and cutout_const. An op that draws its own randomness gets
+    the Rng among its arguments (Cutout's centre). randaugment: RandAugment may pick it.
+    """
+    name: str
+    fn: Callable[..., tf.Tensor]
+    level_to_args: Callable[..., tuple]
+    randaugment: bool = True
+
+
+# Every op either policy uses. The order is part of the output: RandAugment draws an index
+# into it and each op's random draws are numbered in this order (see Rng).
+OPS: dict[str, AugmentOp] = {op.name: op for op in (
+    AugmentOp("AutoContrast", ops.autocontrast, _no_args),
+    AugmentOp("Equalize", ops.equalize, _no_args),
+    AugmentOp("Invert", ops.invert, _no_args),
+    AugmentOp("Rotate", ops.rotate, _signed(30.0)),
+    AugmentOp("Posterize", ops.posterize, _int_scaled(4.0)),
+    AugmentOp("Solarize", ops.solarize, _int_scaled(256.0)),
+    AugmentOp("Color", ops.color, _enhance_factor),
+    AugmentOp("Contrast", ops.contrast, _enhance_factor),
+    AugmentOp("Brightness", ops.brightness, _enhance_factor),
+    AugmentOp("Sharpness", ops.sharpness, _enhance_factor),
+    AugmentOp("ShearX", ops.shear_x, _signed(0.3)),
+    AugmentOp("ShearY", ops.shear_y, _signed(0.3)),
+    AugmentOp("TranslateX", ops.translate_x, _translate_pixels),
+    AugmentOp("TranslateY", ops.translate_y, _translate_pixels),
+    AugmentOp("Cutout", _cutout_at_random_centre, _cutout_args),
+    AugmentOp("SolarizeAdd", ops.solarize_add, _int_scaled(110.0)),
+)}
+
+
+def _op_names(randaugment_only: bool = False) -> tuple[str, ...]:
+    """Names in registry order (read at call time, so a patched OPS takes effect)."""
+    return tuple(name for name, op in OPS.items() if op.randaugment or not randaugment_only)
+
+
+OP_NAMES = _op_names()
+RANDAUGMENT_OPS = _op_names(randaugment_only=True)
+
+
+def _get_op(name: str) -> AugmentOp:
+    if name not in OPS:
+        raise ValueError(f"unknown augmentation op {name!r}; valid: {', '.join(OPS)}")
+    return OPS[name]
+
+
+def level_to_arg(name: str, level, rng: Rng, translate_const: float = 250,
+                 cutout_const: float = 100) -> tuple:
+    """Op `name`'s arguments at `level` (0..10, RandAugment allows more)."""
+    return _get_op(name).level_to_args(level, rng, translate_const=translate_const,
+                                       cutout_const=cutout_const)
 
 
 @_no_autograph
 def apply_op(image: tf.Tensor, name: str, level, rng: Rng | None = None,
              translate_const: float = 250, cutout_const: float = 100) -> tf.Tensor:
     """Applies op `name` (reference naming, e.g. "ShearX") at `level`, always."""
+    op = _get_op(name)
     rng = rng or Rng()
-    args = level_to_arg(name, level, rng, translate_const, cutout_const)
-    if name == "Cutout":
-        out = _cutout_random(image, args[0], rng)
-    else:
-        out = _OPS[name](image, *args)
-    return tf.ensure_shape(out, image.shape)
+    args = op.level_to_args(level, rng, translate_const=translate_const,
+                            cutout_const=cutout_const)
+    return tf.ensure_shape(op.fn(image, *args), image.shape)
 
 
-def _apply_op_by_index(image, op_index, level, rng: Rng, consts: dict) -> tf.Tensor:
-    """Runs only the op OP_NAMES[op_index] (a tensor); one graph copy of each op."""
+def _apply_op_by_index(image, names, op_index, level, rng: Rng, consts: dict) -> tf.Tensor:
+    """Runs only the op names[op_index] (a tensor); one graph copy of each op."""
     def branch(name):
         return lambda: apply_op(image, name, level, rng, **consts)
-    out = tf.switch_case(op_index, [branch(name) for name in OP_NAMES])
+    out = tf.switch_case(op_index, [branch(name) for name in names])
     return tf.ensure_shape(out, image.shape)
 
 
@@ -206,7 +254,11 @@ def autoaugment(image: tf.Tensor, policy: str = "v0", seed=None) -> tf.Tensor:
         raise ValueError(f"unknown AutoAugment policy {policy!r}; valid: {sorted(POLICIES)}")
     image = ops._check_image(image)
     table = POLICIES[policy]
-    op_ids = tf.constant([[OP_NAMES.index(n) for n, _, _ in sub] for sub in table], tf.int32)
+    names = _op_names()  # every registered op, so the draws are numbered as for any policy
+    for sub in table:
+        for name, _, _ in sub:
+            _get_op(name)  # an unknown name raises, listing the valid ones
+    op_ids = tf.constant([[names.index(n) for n, _, _ in sub] for sub in table], tf.int32)
     probs = tf.constant([[p for _, p, _ in sub] for sub in table], tf.float32)
     levels = tf.constant([[lv for _, _, lv in sub] for sub in table], tf.float64)
     rng = Rng(seed)
@@ -214,8 +266,8 @@ def autoaugment(image: tf.Tensor, policy: str = "v0", seed=None) -> tf.Tensor:
     out = image
     for step in range(op_ids.shape[1]):
         def run(current=out, step=step):
-            return _apply_op_by_index(current, op_ids[which, step], levels[which, step], rng,
-                                      AUTOAUGMENT_CONSTS)
+            return _apply_op_by_index(current, names, op_ids[which, step], levels[which, step],
+                                      rng, AUTOAUGMENT_CONSTS)
         out = tf.cond(rng.uniform() < probs[which, step], run, lambda current=out: current)
     return tf.ensure_shape(out, image.shape)
 
@@ -235,11 +287,12 @@ def randaugment(image: tf.Tensor, num_layers: int = 2, magnitude: float = 10.0,
         raise ValueError(f"magnitude must be a number >= 0 or a scalar tensor, "
                          f"got {magnitude!r}")
     image = ops._check_image(image)
+    names = _op_names(randaugment_only=True)
     rng = Rng(seed)
     out = image
     for _ in range(int(num_layers)):
-        which = rng.integer(len(OP_NAMES))
-        out = _apply_op_by_index(out, which, magnitude, rng, RANDAUGMENT_CONSTS)
+        which = rng.integer(len(names))
+        out = _apply_op_by_index(out, names, which, magnitude, rng, RANDAUGMENT_CONSTS)
     return out
 
 
