@@ -270,8 +270,8 @@ def test_missing_layer_and_shape_mismatch_fail(files, ours_notop, tmp_path):
     path = tmp_path / "missing.h5"
     shutil.copy(files["plain_notop_tf2.h5"], path)
     with h5py.File(path, "a") as f:
-        names = [n for n in f.attrs["layer_names"] if W._decode(n) != "block3a_se_reduce"]
-        f.attrs["layer_names"] = names
+        drop = ("block3a_se_reduce", b"block3a_se_reduce")  # h5py gives str or bytes
+        f.attrs["layer_names"] = [n for n in f.attrs["layer_names"] if n not in drop]
         del f["block3a_se_reduce"]
     with pytest.raises(ValueError, match=r"no layer 'block3a_se_reduce'.*block3a_se_reduce/kernel"):
         W.load_weights(ours_notop, path)
@@ -444,3 +444,117 @@ def test_every_variant_loads_keras_files_with_and_without_top(variant, tmp_path)
         W.load_weights(ours, tmp_path / name)
         np.testing.assert_allclose(ours(x, training=False), want_notop, rtol=1e-4,
                                    atol=1e-4 * np.abs(want_notop).max(), err_msg=name)
+
+
+# ----------------------------------------------------------------------------- formats
+
+def _tiny(classes=10, **kw):
+    return en.EfficientNet(0.25, 0.34, 32, input_shape=(32, 32, 3), classes=classes, **kw)
+
+
+def _toy_key(layer_name, weight_name):
+    return f"toy/{layer_name.replace('_', '-')}/{weight_name}"
+
+
+def _write_toy(model, path, extra=None):
+    """An .npz with keys 'toy/<layer name, '-' for '_'>/<weight>': a format no built-in reads."""
+    arrays = {_toy_key(l.name, w.path.split("/")[-1]): w.numpy()
+              for l in model.layers for w in l.weights}
+    np.savez(path, **arrays, **(extra or {}))
+
+
+def _read_toy(path):
+    groups = {}
+    with np.load(path) as z:
+        for key in z.files:
+            layer, weight = key.rsplit("/", 1)
+            groups.setdefault(layer, []).append((weight, z[key]))
+    norm = {"mean", "variance", "count"}
+    return [W.FileLayer(name, ws, is_normalization={n for n, _ in ws} == norm)
+            for name, ws in groups.items()]
+
+
+@pytest.fixture
+def toy_format():
+    """Registers the toy format for one test and removes it afterwards."""
+    before = W.formats()
+    fmt = W.register_format(W.WeightFormat(
+        "toy_npz", lambda p: p.endswith(".npz"), _read_toy,
+        lambda fls, model: [fl.name.removeprefix("toy/").replace("-", "_") for fl in fls],
+        "an .npz with 'toy/<layer>/<weight>' keys"))
+    try:
+        yield fmt
+    finally:
+        W.unregister_format("toy_npz")
+        assert W.formats() == before
+
+
+def test_a_new_format_plugs_in_through_the_registry(toy_format, tmp_path):
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(2)
+    src = _tiny()
+    src.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) for w in src.get_weights()])
+    src.get_layer("normalization").variance.assign(IMAGENET_STD)  # the std-as-variance quirk
+    path = str(tmp_path / "tiny.npz")
+    _write_toy(src, path)
+    assert W.read_weights_file(path)[0] == "toy_npz"
+
+    dst = _tiny()
+    report = W.load_weights(dst, path)
+    weighted = [l for l in dst.layers if l.weights]
+    assert report == W.LoadReport("toy_npz", len(weighted), [], True)
+    for a, b in zip(dst.weights, src.weights):
+        want = np.square(IMAGENET_STD) if a.path == "normalization/variance" else b.numpy()
+        np.testing.assert_allclose(a.numpy(), want, rtol=1e-6, err_msg=a.path)
+    built = _tiny(weights=path)  # the constructor goes through the same registry
+    for a, b in zip(built.weights, dst.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+    # Mismatches are the matcher's usual all-or-nothing errors, under our names and the file's.
+    before = [w.numpy().copy() for w in dst.weights]
+    extra = {_toy_key("block9a_project_conv", "kernel"): np.zeros((1, 1, 8, 8), "float32")}
+    _write_toy(src, path, extra)
+    with pytest.raises(ValueError, match=r"layer 'block9a_project_conv' \(stored as "
+                                         r"'toy/block9a-project-conv'\).*another architecture"):
+        W.load_weights(dst, path)
+    bad = _tiny(classes=7)
+    bad.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) for w in bad.get_weights()])
+    _write_toy(bad, path)
+    with pytest.raises(ValueError, match=r"predictions/kernel.*\(\d+, 7\).*\(\d+, 10\)"):
+        W.load_weights(dst, path)
+    for w, b in zip(dst.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b, err_msg=w.path)
+
+
+def test_format_registry_order_and_errors(files, toy_format, tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match=r"Known formats: keras \(.*\); legacy_h5 \(.*\); "
+                                         r"keras_weights_h5 \(.*\); toy_npz \(.*\)\."):
+        W.load_weights(_tiny(), junk)
+    assert [f.name for f in W.formats()] == ["keras", "legacy_h5", "keras_weights_h5", "toy_npz"]
+    with pytest.raises(ValueError, match="already registered"):
+        W.register_format(toy_format)
+    with pytest.raises(ValueError, match="No weights format named 'nope'"):
+        W.unregister_format("nope")
+    # The first sniff that accepts a file wins; first=True puts a format ahead of the others.
+    everything = W.WeightFormat("everything", lambda p: True, _read_toy)
+    W.register_format(everything, first=True)
+    try:
+        assert W.find_format(files["plain_top.h5"]) is everything
+    finally:
+        W.unregister_format("everything")
+    assert W.find_format(files["plain_top.h5"]).name == "legacy_h5"
+    assert W.find_format(files["plain_notop.keras"]).name == "keras"
+    assert W.find_format(files["plain_notop.weights.h5"]).name == "keras_weights_h5"
+    assert W.find_format(files["plain_notop_full.h5"]).name == "legacy_h5"
+    # A mapping that sends two file layers to one of ours is refused before the matcher runs.
+    path = str(tmp_path / "two.npz")
+    np.savez(path, **{"toy/a/kernel": np.zeros(1), "toy/b/kernel": np.zeros(1)})
+    W.register_format(W.WeightFormat("collide", lambda p: True, _read_toy,
+                                     lambda fls, model: ["stem_conv"] * len(fls)), first=True)
+    try:
+        with pytest.raises(ValueError, match="'toy/a' and 'toy/b' both map to layer 'stem_conv'"):
+            W.load_weights(_tiny(), path)
+    finally:
+        W.unregister_format("collide")

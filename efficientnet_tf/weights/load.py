@@ -1,0 +1,154 @@
+"""load_weights: read, map and check a whole file, then assign; and the weights= argument check.
+
+Everything is read and checked before anything is assigned: a mismatching file raises
+ValueError naming the first mismatching layer and leaves the model untouched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from efficientnet_tf.constants import IMAGENET_STD
+from efficientnet_tf.weights.download import fetch_weights
+from efficientnet_tf.weights.formats import FileLayer, basename, is_norm_layer, read_for_model
+
+HEAD_LAYERS = ("predictions",)  # weighted layers that exist only with include_top=True
+_UNSET = object()
+
+
+def check_weights_argument(weights, include_top: bool, classes: int, variant=_UNSET) -> None:
+    """Checks `weights` before the model is built. `variant` (b0..b7 or None) if known."""
+    if weights is None:
+        return
+    if isinstance(weights, str) and weights == "imagenet":
+        if variant is None:
+            raise ValueError(
+                "weights='imagenet' exists only for the published variants b0..b7 "
+                "(EfficientNetB0..EfficientNetB7); a custom scaling has no ImageNet weights. "
+                "Use weights=None or the path to a weights file made for this architecture.")
+        if include_top and classes != 1000:
+            raise ValueError(
+                f"weights='imagenet' with include_top=True needs classes=1000 (got {classes}). "
+                "For another number of classes use include_top=False and add your own head.")
+        return
+    if not isinstance(weights, (str, os.PathLike)) or not os.path.exists(weights):
+        raise ValueError(
+            f"weights must be None, 'imagenet' or the path to a weights file; {weights!r} "
+            "is none of these (file not found).")
+
+
+@dataclasses.dataclass
+class LoadReport:
+    format: str
+    layers_loaded: int
+    skipped: list  # file layers not loaded (the classifier head into an include_top=False model)
+    imagenet_variance_fixed: bool  # std-as-variance file: variance set to std**2
+
+
+def _layer_vars(layer) -> list:
+    """A layer's variables in the order Keras saves them (trainable first, as created)."""
+    if hasattr(layer, "_trainable_variables"):
+        return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+    return list(layer.weights)
+
+
+def _fmt(shape) -> str:
+    return str(tuple(int(d) for d in shape))
+
+
+def _shown(fl: FileLayer) -> str:
+    return f"'{fl.name}'" + (f" (stored as '{fl.stored_name}')" if fl.stored_name else "")
+
+
+def load_weights(model, weights, variant=None, include_top=True, *, base_url=None,
+                 cache_dir=None) -> LoadReport:
+    """Loads `weights` ("imagenet" or a path) into `model`, all or nothing."""
+    if isinstance(weights, str) and weights == "imagenet":
+        check_weights_argument(weights, include_top, 1000, variant=variant)
+        path = fetch_weights(variant, include_top, base_url=base_url, cache_dir=cache_dir)
+    else:
+        check_weights_argument(weights, include_top, 1000)
+        path = os.fspath(weights)
+    fmt, file_layers = read_for_model(path, model)
+    plan, loaded, skipped, fixed = _match(model, file_layers, path)
+    for var, value in plan:  # everything checked: now assign
+        var.assign(np.asarray(value).astype(var.dtype))
+    return LoadReport(fmt.name, loaded, skipped, fixed)
+
+
+def _match(model, file_layers, path):
+    """[(variable, value)] for every weighted layer of `model`, or ValueError. Format-neutral:
+    file_layers carry our layer names already."""
+    norms = [fl for fl in file_layers if fl.is_normalization]
+    if len(norms) > 1:
+        raise ValueError(f"{path} has {len(norms)} normalization layers "
+                         f"({', '.join(fl.name for fl in norms)}); expected one.")
+    by_name = {fl.name: fl for fl in file_layers if not fl.is_normalization}
+
+    plan, used, fixed = [], set(), False
+    for layer in model.layers:
+        lvars = _layer_vars(layer)
+        if not lvars:
+            continue
+        if is_norm_layer(layer):
+            fl = norms[0] if norms else None
+        else:
+            fl = by_name.get(layer.name)
+        expected = ", ".join(f"{v.path} {_fmt(v.shape)}" for v in lvars)
+        if fl is None:
+            hint = ""
+            if layer.name in HEAD_LAYERS:
+                hint = (" It looks like a notop (include_top=False) file: build the model with "
+                        "include_top=False, or use a file saved with the classifier.")
+            raise ValueError(f"Weights file {path} has no layer '{layer.name}' (expected "
+                             f"{expected}). Refusing a partial load.{hint}")
+        used.add(id(fl))
+        if len(fl.weights) != len(lvars):
+            raise ValueError(f"Weights file {path}: layer {_shown(fl)} has {len(fl.weights)} "
+                             f"weights, but '{layer.name}' here needs {len(lvars)}: {expected}.")
+        names = [n for n, _ in fl.weights]
+        if None not in names:  # the file names its weights: match by name
+            ours = {basename(v.path): v for v in lvars}
+            if set(names) != set(ours):
+                raise ValueError(f"Weights file {path}: layer {_shown(fl)} holds {names}, but "
+                                 f"'{layer.name}' here needs {sorted(ours)}.")
+            pairs = [(ours[n], value) for n, value in fl.weights]
+        else:
+            pairs = list(zip(lvars, (value for _, value in fl.weights)))
+        for var, value in pairs:
+            if tuple(value.shape) != tuple(var.shape):
+                raise ValueError(
+                    f"Weights file {path}: shape mismatch for {var.path}: the file has "
+                    f"{_fmt(value.shape)}, this model expects {_fmt(var.shape)} (layer "
+                    f"'{layer.name}'). Is the file for another variant, another number of "
+                    "classes, or include_top?")
+        if is_norm_layer(layer):
+            pairs, fixed = _fix_imagenet_variance(pairs)
+        plan += pairs
+
+    skipped = []
+    for fl in file_layers:
+        if id(fl) in used:
+            continue
+        if fl.name in HEAD_LAYERS and not any(layer.name == fl.name for layer in model.layers):
+            skipped.append(fl.name)  # a top file into an include_top=False model, as Keras
+            continue
+        raise ValueError(
+            f"Weights file {path} has layer {_shown(fl)} with weights that this model "
+            f"('{model.name}') lacks: the file is for another architecture or variant "
+            "(e.g. a deeper EfficientNet). Refusing a partial load.")
+    return plan, len(used), skipped, fixed
+
+
+def _fix_imagenet_variance(pairs):
+    """keras.applications' ImageNet files store std as variance: use std**2 instead."""
+    out, fixed = [], False
+    for var, value in pairs:
+        if basename(var.path) == "variance":
+            v = np.asarray(value, dtype=np.float64)
+            if v.shape == (3,) and np.allclose(v, IMAGENET_STD, rtol=0, atol=1e-6):
+                value, fixed = np.square(np.asarray(IMAGENET_STD, dtype=np.float64)), True
+        out.append((var, value))
+    return out, fixed
