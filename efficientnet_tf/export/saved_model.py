@@ -7,22 +7,83 @@ One SavedModel, three signatures traced with training=False:
 Each returns classes int64 [batch], probabilities float32 [batch, C], top_k_classes int64
 [batch, k], top_k_scores float32 [batch, k] and, with label names, class_names string [batch]
 and top_k_names string [batch, k]. The first two run the eval preprocessing of the training
-config (center crop, bicubic resize) inside the graph.
+config (center crop, bicubic resize) inside the graph. SIGNATURE_TABLE defines them (TFLite takes
+serving_float from it); a new signature is one entry there.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import re
 import shutil
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
+from efficientnet_tf.constants import DEFAULT_CROP_PADDING, RESIZE_METHODS
 from efficientnet_tf.data import preprocessing
 
-SIGNATURES = ("serving_default", "serving_image_tensor", "serving_float")
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """One serving signature: its input and how that input becomes float images."""
+
+    name: str  # signature key in the SavedModel
+    attr: str  # ServingModule attribute holding its tf.function
+    input_name: str
+    dtype: tf.DType
+    shape_fn: Callable[[int], tuple]  # image size -> input shape, batch first (None: any)
+    preprocess: Callable  # (ServingModule, input) -> float32 images [batch, size, size, 3]
+
+    def spec(self, image_size: int, batch: int | None = None) -> tf.TensorSpec:
+        shape = list(self.shape_fn(image_size))
+        if batch is not None:
+            shape[0] = batch
+        return tf.TensorSpec(shape, self.dtype, self.input_name)
+
+
+def _decode_one(module, image_bytes):
+    tf.debugging.assert_greater(tf.strings.length(image_bytes), 0,
+                                message="image_bytes: got an empty string, expected the "
+                                        "bytes of an encoded image (JPEG, PNG, GIF, BMP or WebP)")
+    return preprocessing.preprocess_for_eval(image_bytes, module._size, module._crop_padding,
+                                             module._resize_method)
+
+
+def _crop_one(module, image):
+    return preprocessing.preprocess_image_tensor_for_eval(image, module._size,
+                                                          module._crop_padding,
+                                                          module._resize_method)
+
+
+def _per_image(fn):
+    """Maps fn(module, one image) over the batch: float32 [batch, size, size, 3]."""
+    def preprocess(module, batch):
+        spec = tf.TensorSpec([module._size, module._size, 3], tf.float32)
+        return tf.map_fn(lambda x: fn(module, x), batch, fn_output_signature=spec)
+
+    return preprocess
+
+
+SIGNATURE_TABLE = (
+    Signature("serving_default", "serve_bytes", "image_bytes", tf.string,
+              lambda size: (None,), _per_image(_decode_one)),
+    Signature("serving_image_tensor", "serve_image_tensor", "image_tensor", tf.uint8,
+              lambda size: (None, None, None, 3), _per_image(_crop_one)),
+    Signature("serving_float", "serve_float", "images", tf.float32,
+              lambda size: (None, size, size, 3), lambda module, images: images),
+)
+SIGNATURES = tuple(s.name for s in SIGNATURE_TABLE)
+
+
+def signature(name: str) -> Signature:
+    for entry in SIGNATURE_TABLE:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no signature {name!r}; have {SIGNATURES}")
 
 
 def model_outputs_logits(model: keras.Model) -> bool:
@@ -49,15 +110,16 @@ def model_image_size(model: keras.Model) -> int:
 
 
 class ServingModule(tf.Module):
-    """Holds the model and the three serving functions (tf.functions with input signatures)."""
+    """Holds the model and one tf.function per SIGNATURE_TABLE entry (with its input signature)."""
 
-    def __init__(self, model: keras.Model, image_size: int, crop_padding: int = 32,
-                 resize_method: str = "bicubic_tf1", top_k: int = 5,
-                 label_names: Sequence[str] | None = None, outputs_are_logits: bool = False):
+    def __init__(self, model: keras.Model, image_size: int,
+                 crop_padding: int = DEFAULT_CROP_PADDING, resize_method: str = "bicubic_tf1",
+                 top_k: int = 5, label_names: Sequence[str] | None = None,
+                 outputs_are_logits: bool = False):
         super().__init__(name="efficientnet_serving")
-        if resize_method not in preprocessing.RESIZE_METHODS:
+        if resize_method not in RESIZE_METHODS:
             raise ValueError(f"unknown resize_method {resize_method!r}; use one of "
-                             f"{preprocessing.RESIZE_METHODS}")
+                             f"{RESIZE_METHODS}")
         # Track the model's variables (as keras.export does), not the Keras model object: saving
         # the model object writes a second, uninitialized copy of every variable that TF1-style
         # loaders (TF Serving, saved_model_cli run) then fail on ("Could not find variable").
@@ -76,46 +138,24 @@ class ServingModule(tf.Module):
                 raise ValueError(f"label_names has {len(label_names)} names but the model has "
                                  f"{num_classes} classes.")
             self._labels = tf.constant(label_names, tf.string)
-        size = self._size
-        self.serve_bytes = tf.function(
-            self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")])
-        self.serve_image_tensor = tf.function(
-            self._serve_image_tensor,
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "image_tensor")])
-        self.serve_float = tf.function(
-            self._serve_float,
-            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, "images")])
+        for entry in SIGNATURE_TABLE:
+            setattr(self, entry.attr, self.function(entry))
+
+    def function(self, entry: Signature, batch: int | None = None,
+                 outputs: Sequence[str] | None = None) -> tf.types.experimental.GenericFunction:
+        """entry's tf.function: its input -> preprocess -> _outputs (only `outputs`, if given)."""
+        def serve(*args, **kwargs):
+            result = self._outputs(entry.preprocess(self, *args, *kwargs.values()))
+            return result if outputs is None else {k: result[k] for k in outputs}
+
+        # Name the one parameter after the input: the SavedModel keeps it (serve_float(images=)).
+        serve.__signature__ = inspect.Signature(
+            [inspect.Parameter(entry.input_name, inspect.Parameter.POSITIONAL_OR_KEYWORD)])
+        serve.__name__ = entry.attr
+        return tf.function(serve, input_signature=[entry.spec(self._size, batch)])
 
     def signatures(self) -> dict:
-        return {
-            "serving_default": self.serve_bytes.get_concrete_function(),
-            "serving_image_tensor": self.serve_image_tensor.get_concrete_function(),
-            "serving_float": self.serve_float.get_concrete_function(),
-        }
-
-    # -------------------------------------------------------------- graph bodies
-    def _decode_one(self, image_bytes):
-        tf.debugging.assert_greater(tf.strings.length(image_bytes), 0,
-                                    message="image_bytes: got an empty string, expected the "
-                                            "bytes of an encoded image (JPEG, PNG, GIF, BMP or WebP)")
-        return preprocessing.preprocess_for_eval(image_bytes, self._size, self._crop_padding,
-                                                 self._resize_method)
-
-    def _serve_bytes(self, image_bytes):
-        spec = tf.TensorSpec([self._size, self._size, 3], tf.float32)
-        images = tf.map_fn(self._decode_one, image_bytes, fn_output_signature=spec)
-        return self._outputs(images)
-
-    def _serve_image_tensor(self, image_tensor):
-        spec = tf.TensorSpec([self._size, self._size, 3], tf.float32)
-        images = tf.map_fn(
-            lambda im: preprocessing.preprocess_image_tensor_for_eval(
-                im, self._size, self._crop_padding, self._resize_method),
-            image_tensor, fn_output_signature=spec)
-        return self._outputs(images)
-
-    def _serve_float(self, images):
-        return self._outputs(images)
+        return {e.name: getattr(self, e.attr).get_concrete_function() for e in SIGNATURE_TABLE}
 
     def _outputs(self, images):
         out = tf.cast(self.model(images, training=False), tf.float32)
@@ -140,7 +180,8 @@ def next_version(export_dir: str) -> int:
 
 
 def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int | None = None,
-                       crop_padding: int = 32, resize_method: str = "bicubic_tf1",
+                       crop_padding: int = DEFAULT_CROP_PADDING,
+                       resize_method: str = "bicubic_tf1",
                        top_k: int = 5, label_names: Sequence[str] | None = None,
                        version: int | str | None = None, outputs_are_logits: bool | None = None,
                        fold_batch_norm: bool = False, overwrite: bool = False) -> str:

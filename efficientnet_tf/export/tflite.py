@@ -1,8 +1,9 @@
 """TFLite export: float32, or int8 post-training quantization calibrated on real images.
 
-The .tflite model takes float32 [1, size, size, 3] pixels in [0, 255] (already center-cropped and
-resized, like serving_float) and returns float32 probabilities [1, classes]. int8 models keep
-that float interface (quantize/dequantize at the edges) with int8 weights and activations inside.
+The .tflite model is the serving_float signature with the batch fixed to 1 and only its
+probabilities output: float32 [1, size, size, 3] pixels in [0, 255] (already center-cropped and
+resized) -> float32 probabilities [1, classes]. int8 models keep that float interface
+(quantize/dequantize at the edges) with int8 weights and activations inside.
 Uses tf.lite.TFLiteConverter, which TF 2.21 still ships (ai-edge-litert is its successor).
 """
 from __future__ import annotations
@@ -14,9 +15,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.export.saved_model import model_image_size, model_outputs_logits
+from efficientnet_tf.constants import DEFAULT_CROP_PADDING
+from efficientnet_tf.export.saved_model import (ServingModule, model_image_size,
+                                                model_outputs_logits, signature)
 
 QUANTIZATIONS = ("float32", "int8")
+SIGNATURE = "serving_float"  # the SIGNATURE_TABLE entry a .tflite file is
+OUTPUTS = ("probabilities",)
 
 
 def tflite_available() -> bool:
@@ -25,7 +30,7 @@ def tflite_available() -> bool:
 
 def tfrecord_calibration_images(data_dir: str, image_size: int, num_classes: int,
                                 num_images: int = 64, split: str = "validation",
-                                crop_padding: int = 32,
+                                crop_padding: int = DEFAULT_CROP_PADDING,
                                 resize_method: str = "bicubic_tf1") -> Callable[[], Iterable]:
     """Representative data set: eval-preprocessed images from TFRecords via the data pipeline."""
     from efficientnet_tf.data import pipeline
@@ -86,17 +91,12 @@ def export_tflite(model: keras.Model, path: str, *, quantization: str = "float32
     size = image_size or model_image_size(model)
     logits = model_outputs_logits(model) if outputs_are_logits is None else outputs_are_logits
 
-    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="images")])
-    def serve(images):
-        out = tf.cast(model(images, training=False), tf.float32)
-        return {"probabilities": tf.nn.softmax(out, -1) if logits else out}
-
-    # The converter freezes the variables it finds on the trackable object; a Keras 3 model
-    # hides its tf.Variables behind keras.Variable, so hand them over directly.
-    holder = tf.Module()
-    holder.variables_list = [getattr(v, "value", v) for v in model.variables]
+    module = ServingModule(model, size, outputs_are_logits=logits)
+    serve = module.function(signature(SIGNATURE), batch=1, outputs=OUTPUTS)
+    # The converter freezes the variables it finds on the trackable object: the module holds the
+    # model's tf.Variables (a Keras 3 model hides them behind keras.Variable).
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], holder)
+        [serve.get_concrete_function()], module)
     if quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _as_generator(representative_data, size)
