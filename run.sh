@@ -10,7 +10,7 @@ setup() {
   if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-        || echo "warning: could not apt-get install dataset-fashion-mnist; Fashion-MNIST tests will skip" >&2
+        || echo "warning: could not apt-get install dataset-fashion-mnist; Fashion-MNIST tests will skip (fail with CI set)" >&2
     else
       echo "note: Fashion-MNIST not found at /usr/share/datasets/fashion-mnist;" \
            "install it with: sudo apt-get install dataset-fashion-mnist" >&2

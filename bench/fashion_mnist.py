@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fashion_mnist.py [--config fashion_mnist_long] [--out bench_out/fmnist]
 
-The goal (issue 5): >= 93.5% test accuracy within 45 minutes on a 2-core CPU with
+The goal: >= 93.5% test accuracy within 45 minutes on a 2-core CPU with
 fashion_mnist_long; the README demo (fashion_mnist) aims at >= 90% within 20 minutes.
 It runs the same code path as the demo (convert, train, EMA eval, export, SavedModel eval).
 """

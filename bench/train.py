@@ -9,7 +9,7 @@ Same process, same batches (one fixed random batch repeated), B0 at each size:
 Ours is timed by the loop's own per-execution clock (steps_per_execution = steps, after a
 warm-up execution), Keras by wall time around fit() after a warm-up fit; each figure is the
 median of --repeats timed executions (min and max are printed too). Prints JSON.
-Goal (issue 5): ours_recipe costs at most 10% over keras_fit.
+Goal: ours_recipe costs at most 10% over keras_fit.
 """
 import argparse
 import json
@@ -51,7 +51,7 @@ def keras_fit(size, batch, steps, repeats):
 
 
 def ours(size, batch, steps, repeats, recipe: bool):
-    from efficientnet_tf.train import config as cfglib
+    from efficientnet_tf import config as cfglib
     from efficientnet_tf.train.loop import Trainer
 
     overrides = [f"data.image_size={size}", f"train_batch_size={batch}", f"eval_batch_size={batch}",

@@ -42,11 +42,10 @@ def main(argv=None) -> int:
     t_start = time.time()
     _need_data(args.idx_dir)
 
-    import numpy as np
     import tensorflow as tf
 
+    from efficientnet_tf import config as cfglib
     from efficientnet_tf.data import convert, pipeline
-    from efficientnet_tf.train import config as cfglib
     from efficientnet_tf.train.loop import Trainer
 
     data_dir = os.path.join(args.out, "data")
@@ -94,7 +93,7 @@ def main(argv=None) -> int:
 
     print(f"[5/5] Classifying the test images with {path} (encoded bytes -> serving_default)")
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    dc = config.data.to_data_config()
+    dc = config.data
     files = pipeline.list_files(dc, "validation")
     from efficientnet_tf.data.tfrecord import parse_example
 

@@ -13,10 +13,8 @@ import math
 import keras
 from keras import layers, ops
 
+from efficientnet_tf.constants import IMAGENET_MEAN, IMAGENET_STD
 from efficientnet_tf.spec import BlockSpec
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _PACKAGE = "efficientnet_tf"
 
 

@@ -7,6 +7,7 @@ import keras
 from keras import layers
 
 from efficientnet_tf import layers as enl
+from efficientnet_tf import weights as wts
 from efficientnet_tf.scaling import compound_scaling, round_filters, round_repeats
 from efficientnet_tf.spec import B0_BLOCKS, VARIANTS, BlockSpec
 
@@ -107,8 +108,6 @@ def EfficientNet(
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
     if stem_strides not in (1, 2):
         raise ValueError(f"stem_strides must be 1 or 2, got {stem_strides}.")
-    from efficientnet_tf import weights as wts
-
     wts.check_weights_argument(weights, include_top, classes, variant=variant)
     input_shape = _check_input_shape(input_shape, default_size, include_top, stem_strides)
     init = enl.ConvKernelInitializer(truncated_init)
@@ -164,13 +163,13 @@ def _variant_constructor(key: str):
                     pooling=None, classes=1000, classifier_activation="softmax",
                     name=f"efficientnet{key}", **kwargs):
         return EfficientNet(v.width_coefficient, v.depth_coefficient, v.resolution,
-                            kwargs.pop("dropout_rate", v.dropout_rate), include_top=include_top,
-                            weights=weights, input_tensor=input_tensor, input_shape=input_shape,
-                            pooling=pooling, classes=classes,
+                            kwargs.pop("dropout_rate", v.dropout_rate), blocks=v.blocks,
+                            include_top=include_top, weights=weights, input_tensor=input_tensor,
+                            input_shape=input_shape, pooling=pooling, classes=classes,
                             classifier_activation=classifier_activation, name=name,
                             variant=key, **kwargs)
 
-    constructor.__name__ = f"EfficientNet{key.upper()}"
+    constructor.__name__ = constructor.__qualname__ = v.constructor_name
     constructor.__doc__ = (
         f"EfficientNet-{key.upper()} (width {v.width_coefficient}, depth {v.depth_coefficient}, "
         f"{v.resolution} px, dropout {v.dropout_rate}); the keras.applications signature. "
@@ -178,14 +177,17 @@ def _variant_constructor(key: str):
     return constructor
 
 
-EfficientNetB0 = _variant_constructor("b0")
-EfficientNetB1 = _variant_constructor("b1")
-EfficientNetB2 = _variant_constructor("b2")
-EfficientNetB3 = _variant_constructor("b3")
-EfficientNetB4 = _variant_constructor("b4")
-EfficientNetB5 = _variant_constructor("b5")
-EfficientNetB6 = _variant_constructor("b6")
-EfficientNetB7 = _variant_constructor("b7")
+# EfficientNetB0 ... EfficientNetB7: one constructor per registered variant.
+for _key in VARIANTS:
+    globals()[VARIANTS[_key].constructor_name] = _variant_constructor(_key)
+
+
+def __getattr__(name):  # a variant registered after this module was imported
+    for key, v in VARIANTS.items():
+        if v.constructor_name == name:
+            globals()[name] = _variant_constructor(key)
+            return globals()[name]
+    raise AttributeError(f"module 'efficientnet_tf.model' has no attribute {name!r}")
 
 
 def feature_endpoints(model: keras.Model) -> dict[str, str]:
@@ -196,7 +198,7 @@ def feature_endpoints(model: keras.Model) -> dict[str, str]:
     """
     names = [layer.name for layer in model.layers]
     ends: dict[str, str] = {}
-    # The output of the last block before each stride-2 block; the head for the last.
+    # The output of the last block before each stride-2 block, and of the last block.
     block_outputs = []
     for i, layer_name in enumerate(names):
         if layer_name.startswith("block") and (layer_name.endswith("_project_bn")

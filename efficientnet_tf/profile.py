@@ -22,11 +22,9 @@ def _layer_macs(layer) -> int:
     kernel = layer.kernel.shape
     if isinstance(layer, keras.layers.Dense):
         return math.prod(out_shape[1:]) * int(kernel[0])
-    kh, kw, cin, cout = kernel  # conv: [kh, kw, in/groups, out]; depthwise: [kh, kw, in, mult]
-    positions = math.prod(out_shape[1:-1])
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return positions * kh * kw * cin * cout
-    return positions * kh * kw * cin * cout
+    # conv: [kh, kw, in, out]; depthwise: [kh, kw, in, multiplier]; the same product for both.
+    kh, kw, cin, cout = kernel
+    return math.prod(out_shape[1:-1]) * kh * kw * cin * cout
 
 
 def model_profile(model: keras.Model) -> dict:

@@ -31,36 +31,70 @@ B0_BLOCKS: tuple[BlockSpec, ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A scaled member of the family: width, depth, default resolution, head dropout."""
+    """A scaled member of the family: width, depth, default resolution, head dropout.
+
+    params (keras.applications' count with the 1000-class top) and macs (the paper's
+    multiply-adds, 2 significant digits) are the reference numbers the tests check; None
+    where no reference has published one.
+    """
 
     name: str
     width_coefficient: float
     depth_coefficient: float
     resolution: int
     dropout_rate: float
+    blocks: tuple[BlockSpec, ...] = B0_BLOCKS
+    params: int | None = None
+    macs: float | None = None
+
+    @property
+    def full_name(self) -> str:
+        return f"efficientnet-{self.name}"
+
+    @property
+    def constructor_name(self) -> str:
+        return f"EfficientNet{self.name.upper()}"
 
 
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("b0", 1.0, 1.0, 224, 0.2),
-        Variant("b1", 1.0, 1.1, 240, 0.2),
-        Variant("b2", 1.1, 1.2, 260, 0.3),
-        Variant("b3", 1.2, 1.4, 300, 0.3),
-        Variant("b4", 1.4, 1.8, 380, 0.4),
-        Variant("b5", 1.6, 2.2, 456, 0.4),
-        Variant("b6", 1.8, 2.6, 528, 0.5),
-        Variant("b7", 2.0, 3.1, 600, 0.5),
-    )
-}
+VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(variant: Variant) -> Variant:
+    """Adds a variant; model.py makes its EfficientNet<NAME> constructor and the configs know
+    it as efficientnet-<name> (the ImageNet recipe at its resolution and dropout)."""
+    key = variant.name.lower()
+    if key in VARIANTS:
+        raise ValueError(f"EfficientNet variant {key!r} is already registered.")
+    VARIANTS[key] = variant
+    return variant
+
+
+# Width, depth, resolution, dropout: the TPU reference's table (docs/reference.md
+# "Compound scaling"); params from keras.applications, MACs from the paper.
+for _v in (
+    Variant("b0", 1.0, 1.0, 224, 0.2, params=5_330_571, macs=0.39e9),
+    Variant("b1", 1.0, 1.1, 240, 0.2, params=7_856_239, macs=0.70e9),
+    Variant("b2", 1.1, 1.2, 260, 0.3, params=9_177_569, macs=1.0e9),
+    Variant("b3", 1.2, 1.4, 300, 0.3, params=12_320_535, macs=1.8e9),
+    Variant("b4", 1.4, 1.8, 380, 0.4, params=19_466_823, macs=4.2e9),
+    Variant("b5", 1.6, 2.2, 456, 0.4, params=30_562_527, macs=9.9e9),
+    Variant("b6", 1.8, 2.6, 528, 0.5, params=43_265_143, macs=19e9),
+    Variant("b7", 2.0, 3.1, 600, 0.5, params=66_658_687, macs=37e9),
+):
+    register_variant(_v)
+
+
+def variant_key(name: str) -> str:
+    """'b3' for 'b3', 'B3', 'efficientnet-b3' or 'efficientnetb3' (not checked)."""
+    return str(name).lower().replace("efficientnet", "").lstrip("-_")
 
 
 def get_variant(name: str) -> Variant:
     """Returns the Variant for 'b0', 'B3', 'efficientnet-b3' or 'efficientnetb3'."""
-    key = str(name).lower().replace("efficientnet", "").lstrip("-_")
+    key = variant_key(name)
     if key not in VARIANTS:
         raise ValueError(
             f"Unknown EfficientNet variant {name!r}. Valid names: "
-            f"{', '.join('efficientnet-' + k for k in VARIANTS)} (or b0..b7)."
-        )
+            f"{', '.join(v.full_name for v in VARIANTS.values())} "
+            f"(or {', '.join(VARIANTS)}).")
     return VARIANTS[key]

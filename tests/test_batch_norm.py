@@ -11,7 +11,7 @@ import pytest
 
 from efficientnet_tf import EfficientNet
 from efficientnet_tf.layers import GroupBatchNormalization, batch_norm
-from efficientnet_tf.train import config as cfglib
+from efficientnet_tf import config as cfglib
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
@@ -148,7 +148,7 @@ def test_model_with_bn_groups_saves_and_loads(tmp_path):
 
 
 def test_build_model_for_export_uses_plain_bn_whatever_the_training_groups():
-    from efficientnet_tf.train.loop import build_model
+    from efficientnet_tf.factory import build_model_from_config as build_model
 
     config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
         "model.bn_group_size=4", "model.width_coefficient=0.1", "model.depth_coefficient=0.1"])

@@ -13,8 +13,9 @@ from skimage import data
 
 from efficientnet_tf.data import convert, tfrecord
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
-needs_fmnist = pytest.mark.skipif(not os.path.exists(FMNIST), reason="dataset-fashion-mnist missing")
+from fmnist import FMNIST, needs
+
+needs_fmnist = needs
 
 
 def _records(pattern):

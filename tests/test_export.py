@@ -255,6 +255,23 @@ def test_exported_graph_has_no_training_ops(model, loaded):
     assert any("Random" in op for op in found) and "AssignVariableOp" in found, found
 
 
+def test_signature_table_defines_the_signatures(loaded, images):
+    from efficientnet_tf.export.saved_model import SIGNATURE_TABLE, SIGNATURES
+
+    assert SIGNATURES == tuple(e.name for e in SIGNATURE_TABLE)
+    assert sorted(loaded.signatures) == sorted(SIGNATURES)
+    feeds = {"image_bytes": images["bytes"], "image_tensor": images["tensor"],
+             "images": images["float"]}
+    assert sorted(feeds) == sorted(e.input_name for e in SIGNATURE_TABLE)
+    for entry in SIGNATURE_TABLE:
+        assert loaded.signatures[entry.name].structured_input_signature == (
+            (), {entry.input_name: entry.spec(SIZE)})
+        feed = {entry.input_name: tf.constant(feeds[entry.input_name])}
+        want = loaded.signatures[entry.name](**feed)["probabilities"]
+        got = getattr(loaded, entry.attr)(**feed)["probabilities"]  # the module's tf.function
+        np.testing.assert_array_equal(got, want)
+
+
 def _from_rest(body: dict, input_name: str) -> dict:
     """Decodes a TF Serving REST predict body ({"instances": ...} or {"inputs": ...}) the way
     the server does: {"b64": ...} objects become bytes."""
@@ -371,6 +388,24 @@ def test_tflite_float32_matches_keras(model, images, expected, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temp file left
 
 
+def test_tflite_interface_is_serving_float(model, loaded, images, tmp_path):
+    from efficientnet_tf.export import tflite
+
+    if not tflite.tflite_available():
+        pytest.skip("this TensorFlow has no tf.lite.TFLiteConverter")
+    path = tflite.export_tflite(model, str(tmp_path / "m.tflite"), image_size=SIZE)
+    interpreter = tf.lite.Interpreter(model_path=path)
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.float32 and inp["shape"].tolist() == [1, SIZE, SIZE, 3]
+    assert out["dtype"] == np.float32 and out["shape"].tolist() == [1, CLASSES]
+    (runner,) = interpreter.get_signature_list().values()
+    assert runner == {"inputs": ["images"], "outputs": ["probabilities"]}
+    serving_float = loaded.signatures["serving_float"]
+    assert list(serving_float.structured_input_signature[1]) == runner["inputs"]
+    want = serving_float(images=tf.constant(images["float"]))["probabilities"].numpy()
+    np.testing.assert_allclose(tflite.run_tflite(path, images["float"]), want, rtol=0, atol=1e-5)
+
+
 INT8_ATOL = 0.1  # probabilities; int8 weights and activations of a barely trained tiny net
 
 
@@ -404,7 +439,7 @@ def test_tflite_int8_calibrated_on_tfrecords(model, images, expected, tmp_path):
 @pytest.fixture(scope="module")
 def trained_model_dir(tmp_path_factory):
     """A real training job's model_dir: config.yaml + CheckpointManager checkpoints with EMA."""
-    from efficientnet_tf.train import config as cfglib
+    from efficientnet_tf import config as cfglib
     from efficientnet_tf.train.loop import Trainer
 
     model_dir = tmp_path_factory.mktemp("model_dir")

@@ -1,4 +1,4 @@
-"""TF1-semantics RMSProp, the LR schedule, the EMA, L2 and the loss (efficientnet_tf/train/optim.py)."""
+"""TF1-semantics RMSProp, the LR schedule, L2 and the loss (train/optim.py), and the EMA (ema.py)."""
 import math
 import os
 import subprocess
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from efficientnet_tf import ema as ema_lib
 from efficientnet_tf.train import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +82,7 @@ def test_optimizer_and_schedule_serialize():
 
 
 def test_make_optimizer_names():
-    from efficientnet_tf.train.config import OptimizerConfig
+    from efficientnet_tf.config import OptimizerConfig
 
     assert isinstance(optim.make_optimizer(OptimizerConfig(), 0.1), optim.RMSpropTF1)
     sgd = optim.make_optimizer(OptimizerConfig(name="sgd", nesterov=True), 0.1)
@@ -137,8 +138,8 @@ def _expected_decay(t, decay):
 
 def test_ema_formula_with_num_updates_warmup():
     model = _tiny_model()
-    ema = optim.ExponentialMovingAverage(model, decay=0.9999)
-    variables = optim.averaged_variables(model)
+    ema = ema_lib.ExponentialMovingAverage(model, decay=0.9999)
+    variables = ema_lib.averaged_variables(model)
     shadow = [v.numpy().astype(np.float64) for v in variables]
     rng = np.random.default_rng(0)
     for t in (1, 2, 3):
@@ -153,18 +154,18 @@ def test_ema_formula_with_num_updates_warmup():
     # An explicit step (the optimizer's iterations) drives the warm-up instead of the counter.
     assert float(ema.current_decay(100)) == pytest.approx(101 / 110)
     assert float(ema.current_decay(10 ** 6)) == pytest.approx(0.9999)
-    no_warmup = optim.ExponentialMovingAverage(model, decay=0.9, num_updates_warmup=False)
+    no_warmup = ema_lib.ExponentialMovingAverage(model, decay=0.9, num_updates_warmup=False)
     assert float(no_warmup.current_decay(1)) == pytest.approx(0.9)
 
 
 def test_ema_covers_batchnorm_statistics():
     model = _tiny_model()
     bn = model.get_layer("stem_bn")
-    ema = optim.ExponentialMovingAverage(model, decay=0.99)
-    averaged = {id(v) for v in optim.averaged_variables(model)}
+    ema = ema_lib.ExponentialMovingAverage(model, decay=0.99)
+    averaged = {id(v) for v in ema_lib.averaged_variables(model)}
     assert id(bn.moving_mean) in averaged and id(bn.moving_variance) in averaged
     assert len(averaged) == len(model.trainable_weights) + len(model.non_trainable_weights)
-    index = [id(v) for v in optim.averaged_variables(model)].index(id(bn.moving_mean))
+    index = [id(v) for v in ema_lib.averaged_variables(model)].index(id(bn.moving_mean))
     before_mean = bn.moving_mean.numpy().copy()
     x = tf.random.stateless_normal((8, 4, 4, 3), seed=(1, 2)) * 5.0 + 3.0
     model(x, training=True)  # moves the BN statistics
@@ -179,8 +180,8 @@ def test_ema_covers_batchnorm_statistics():
 
 def test_ema_swapped_and_copy_to():
     model = _tiny_model()
-    ema = optim.ExponentialMovingAverage(model, decay=0.5, num_updates_warmup=False)
-    variables = optim.averaged_variables(model)
+    ema = ema_lib.ExponentialMovingAverage(model, decay=0.5, num_updates_warmup=False)
+    variables = ema_lib.averaged_variables(model)
     trained = [v.numpy() + 1.0 for v in variables]
     for v, value in zip(variables, trained):
         v.assign(value)
@@ -209,8 +210,8 @@ def test_ema_swapped_and_copy_to():
 
 def test_ema_checkpoint_round_trip(tmp_path):
     model = _tiny_model()
-    ema = optim.ExponentialMovingAverage(model, decay=0.9)
-    for v in optim.averaged_variables(model):
+    ema = ema_lib.ExponentialMovingAverage(model, decay=0.9)
+    for v in ema_lib.averaged_variables(model):
         v.assign(v + 2.0)
     ema.update()
     ema.update()
@@ -221,7 +222,7 @@ def test_ema_checkpoint_round_trip(tmp_path):
                    for n in names)  # the model's own variables are not duplicated under ema/
 
     model2 = _tiny_model(seed=7)
-    ema2 = optim.ExponentialMovingAverage(model2, decay=0.9)
+    ema2 = ema_lib.ExponentialMovingAverage(model2, decay=0.9)
     tf.train.Checkpoint(model=model2, ema=ema2).restore(path).assert_consumed()
     assert int(ema2.num_updates.numpy()) == 2
     for a, b in zip(ema.shadows, ema2.shadows):
@@ -233,7 +234,7 @@ def test_ema_checkpoint_round_trip(tmp_path):
 def test_ema_needs_a_built_model():
     model = keras.Sequential([keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="Build the model"):
-        optim.ExponentialMovingAverage(model)
+        ema_lib.ExponentialMovingAverage(model)
 
 
 # ----------------------------------------------------------------------------- L2 and loss
@@ -317,7 +318,7 @@ def test_recipe_step_under_jit_and_bfloat16():
     sched = optim.learning_rate_schedule(0.016, 256, 10, warmup_epochs=0.5)
     opt = optim.RMSpropTF1(sched)
     opt.build(model.trainable_variables)
-    ema = optim.ExponentialMovingAverage(model)
+    ema = ema_lib.ExponentialMovingAverage(model)
     start = [v.numpy().copy() for v in model.trainable_variables]
 
     @tf.function(jit_compile=True)
@@ -341,7 +342,7 @@ def test_recipe_step_under_jit_and_bfloat16():
     assert all(v.dtype == "float32" for v in model.trainable_variables)
     assert any(np.abs(v.numpy() - s).max() > 0 for v, s in zip(model.trainable_variables, start))
     kernel = model.get_layer("head").kernel
-    k_index = [id(v) for v in optim.averaged_variables(model)].index(id(kernel))
+    k_index = [id(v) for v in ema_lib.averaged_variables(model)].index(id(kernel))
     moved = ema.shadows[k_index].numpy() - start[[id(v) for v in model.trainable_variables]
                                                   .index(id(kernel))]
     assert np.abs(moved).max() > 0
@@ -351,6 +352,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     import numpy as np, tensorflow as tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from efficientnet_tf import ema as ema_lib
     from efficientnet_tf.train import optim
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
@@ -358,8 +360,8 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
                                   keras.layers.BatchNormalization(name="bn")])
         opt = optim.RMSpropTF1(0.01)
         opt.build(model.trainable_variables)
-        ema = optim.ExponentialMovingAverage(model, decay=0.9)
-    variables = optim.averaged_variables(model)
+        ema = ema_lib.ExponentialMovingAverage(model, decay=0.9)
+    variables = ema_lib.averaged_variables(model)
     init = [v.numpy().astype(np.float64) for v in variables]
 
     # 1. Replica-context updates inside strategy.run, in a tf.function, from known values.
@@ -414,7 +416,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     ckpt = tf.train.Checkpoint(model=model, ema=ema)
     path = ckpt.save("{tmp}/ckpt")
     with strategy.scope():
-        ema2 = optim.ExponentialMovingAverage(model, decay=0.9)
+        ema2 = ema_lib.ExponentialMovingAverage(model, decay=0.9)
     tf.train.Checkpoint(ema=ema2).restore(path).expect_partial()
     for a, b in zip(ema.shadows, ema2.shadows):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

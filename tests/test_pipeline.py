@@ -8,13 +8,15 @@ import tensorflow as tf
 from efficientnet_tf.data import convert, preprocessing
 from efficientnet_tf.data.pipeline import DataConfig, build_dataset, count_examples
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
-pytestmark = pytest.mark.skipif(not os.path.exists(FMNIST), reason="dataset-fashion-mnist missing")
+from fmnist import FMNIST, needs_fashion_mnist, require
+
+pytestmark = needs_fashion_mnist
 N = 96
 
 
 @pytest.fixture(scope="module")
 def fm_dir(tmp_path_factory):
+    require()
     out = str(tmp_path_factory.mktemp("fm"))
     convert.convert_idx(FMNIST, out, max_examples=N, train_shards=4, validation_shards=3,
                         progress=False)
@@ -166,3 +168,11 @@ def test_tfds_source_with_mock_data(tmp_path, name, splits):
         assert int(tf.reduce_min(y)) >= 0 and int(tf.reduce_max(y)) < config.num_classes
         ev = list(build_dataset(config, "eval", 5))
         assert sum(int(b[1].shape[0]) for b in ev) == 12
+
+
+def test_config_contradicting_dataset_info_is_a_clear_error(fm_dir):
+    """The converter records num_classes and label_offset; a config that disagrees stops early."""
+    with pytest.raises(ValueError, match="dataset_info.json says num_classes=10 .* data.num_classes=7"):
+        build_dataset(_config(fm_dir, num_classes=7), "train", 8)
+    with pytest.raises(ValueError, match="label_offset=1 but the config has data.label_offset=0"):
+        build_dataset(_config(fm_dir, label_offset=0), "validation", 8)

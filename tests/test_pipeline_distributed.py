@@ -10,12 +10,14 @@ import pytest
 
 from efficientnet_tf.data import convert
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
-pytestmark = pytest.mark.skipif(not os.path.exists(FMNIST), reason="dataset-fashion-mnist missing")
+from fmnist import FMNIST, needs_fashion_mnist, require
+
+pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")
 def fm_dir(tmp_path_factory):
+    require()
     out = str(tmp_path_factory.mktemp("fm"))
     convert.convert_idx(FMNIST, out, max_examples=64, train_shards=4, validation_shards=2,
                         progress=False)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf.train import config as cfglib
+from efficientnet_tf import config as cfglib
 from efficientnet_tf.train.strategy import check_tf_config, per_replica_batch_size
 
 WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
@@ -59,6 +59,8 @@ def test_one_training_step_under_xla_with_bfloat16(tmp_path):
         trainer = Trainer(config, str(tmp_path), jit_compile=True, num_train_examples=64,
                           log=lambda *_: None)
         assert trainer.model.get_layer("stem_conv").compute_dtype == "bfloat16"
+        # The bfloat16 policy was scoped to building the model: nothing leaks into export.
+        assert keras.config.dtype_policy().name == "float32"
         before = [w.numpy().copy() for w in trainer.model.trainable_weights]
         trainer.train()
         assert int(trainer.optimizer.iterations.numpy()) == 1

@@ -1,4 +1,4 @@
-"""Training configs: shipped recipes, YAML errors, overrides, config.yaml round trip."""
+"""Training configs (efficientnet_tf/config.py): shipped recipes, YAML errors, overrides, derived values, config.yaml."""
 import dataclasses
 import os
 import shutil
@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from efficientnet_tf.spec import VARIANTS
-from efficientnet_tf.train import config as cfg
+from efficientnet_tf import config as cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +31,7 @@ def test_shipped_recipes_follow_the_paper():
         assert (o.weight_decay, o.label_smoothing, o.ema_decay) == (1e-5, 0.1, 0.9999)
         assert (c.train_batch_size, c.epochs, c.use_bfloat16) == (4096, 350.0, True)
         assert c.data.augment_name == "autoaugment" and c.data.label_offset == 1
-        assert c.model.num_classes == c.data.num_classes == 1000
+        assert c.data.num_classes == 1000
     # The shipped defaults equal the dataclass defaults for the recipe (one source of truth).
     assert cfg.load_config("efficientnet-b0").optimizer == cfg.OptimizerConfig()
 
@@ -39,7 +39,7 @@ def test_shipped_recipes_follow_the_paper():
 def test_fashion_mnist_recipe():
     c = cfg.load_config("fashion_mnist")
     assert c.data.image_size == 32 and c.model.stem_strides == 1
-    assert c.model.num_classes == c.data.num_classes == 10
+    assert c.data.num_classes == 10
     assert c.data.label_offset == 1  # the converter writes 1-based labels
     assert c.train_batch_size == 128 and c.use_bfloat16 is False
     scaled = (c.model.phi is not None and c.model.phi < 0) or (
@@ -50,9 +50,9 @@ def test_fashion_mnist_recipe():
 def test_name_aliases_paths_and_the_top_level_configs_dir(tmp_path):
     assert cfg.load_config("b3") == cfg.load_config("efficientnet-b3")
     assert cfg.load_config("efficientnetb3") == cfg.load_config("efficientnet-b3")
-    path = os.path.join(REPO, "configs", "efficientnet-b2.yaml")
-    assert os.path.samefile(path, os.path.join(cfg.CONFIG_DIR, "efficientnet-b2.yaml"))
-    assert cfg.load_config(path) == cfg.load_config("efficientnet-b2")
+    path = os.path.join(REPO, "configs", "imagenet.yaml")
+    assert os.path.samefile(path, os.path.join(cfg.CONFIG_DIR, "imagenet.yaml"))
+    assert cfg.load_config(path) == cfg.load_config("efficientnet-b0")
     with pytest.raises(ValueError, match="Did you mean fashion_mnist"):
         cfg.load_config("fashion-mnist")
     with pytest.raises(ValueError, match="Shipped recipes: efficientnet-b0, "):
@@ -84,7 +84,8 @@ def test_yaml_unknown_keys_and_bad_values_name_key_and_file(tmp_path):
     path = _write(tmp_path, "model:\n  model_name: efficientnet-b9\n")
     with pytest.raises(ValueError, match="Unknown EfficientNet variant"):
         cfg.load_config(path)
-    path = _write(tmp_path, "data:\n  num_classes: 10\n")
+    # Older config files had model.num_classes too; one that contradicts data.num_classes fails.
+    path = _write(tmp_path, "model:\n  num_classes: 1000\ndata:\n  num_classes: 10\n")
     with pytest.raises(ValueError, match="model.num_classes .1000. and data.num_classes .10."):
         cfg.load_config(path)
     path = _write(tmp_path, "model: [1\n")
@@ -98,7 +99,7 @@ def test_yaml_partial_file_takes_defaults_and_converts_types(tmp_path):
     c = cfg.load_config(path)
     assert c.optimizer.lr == 1e-4 and isinstance(c.optimizer.lr, float)
     assert c.optimizer.name == "adam" and c.epochs == 3.0 and c.train_steps == 100
-    assert c.model == cfg.ModelConfig() and c.eval_batch_size == 1024
+    assert c.model == cfg.TrainConfig().model and c.eval_batch_size == 1024  # dropout: b0's
 
 
 def test_overrides_convert_types():
@@ -113,7 +114,7 @@ def test_overrides_convert_types():
     assert base.optimizer.lr == 0.016  # the input is not modified
     # model.num_classes alone sets data.num_classes too; both together must agree.
     c = cfg.apply_overrides(base, ["model.num_classes=10"])
-    assert c.model.num_classes == c.data.num_classes == 10
+    assert c.data.num_classes == 10 and not hasattr(c.model, "num_classes")
     with pytest.raises(ValueError, match="differ"):
         cfg.apply_overrides(base, ["model.num_classes=10", "data.num_classes=5"])
     assert cfg.apply_overrides(base, []) == base
@@ -167,30 +168,67 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["config.yaml"]
 
 
-def test_data_section_matches_pipeline_data_config():
+def test_one_data_config_type_for_recipes_and_the_pipeline():
     from efficientnet_tf.data import pipeline
 
-    ours = {f.name: f.default for f in dataclasses.fields(cfg.DataSection)}
-    theirs = {f.name: f.default for f in dataclasses.fields(pipeline.DataConfig)}
-    assert set(ours) == set(theirs), (
-        f"DataSection and pipeline.DataConfig drifted: only here {set(ours) - set(theirs)}, "
-        f"only there {set(theirs) - set(ours)}")
-    assert ours == theirs
+    assert pipeline.DataConfig is cfg.DataConfig
     section = cfg.apply_overrides(cfg.load_config("fashion_mnist"),
                                   ["data.synthetic=true", "data.image_size=40",
                                    "data.random_flip=false"]).data
-    dc = section.to_data_config()
-    assert isinstance(dc, pipeline.DataConfig) and dc.random_flip is False
-    assert dataclasses.asdict(dc) == dataclasses.asdict(section)
+    assert isinstance(section, pipeline.DataConfig) and section.random_flip is False
+    images, labels = next(iter(pipeline.build_dataset(section, "train", 4)))
+    assert images.shape == (4, 40, 40, 3) and labels.shape == (4,)
+    with pytest.raises(ValueError, match="image_size is not set"):
+        pipeline.build_dataset(cfg.DataConfig(synthetic=True), "train", 4)
 
 
-def test_train_package_import_is_light():
-    code = ("import sys, efficientnet_tf.train as t; "
-            "print(sorted(m for m in sys.modules if m.startswith('efficientnet_tf.train.')))")
+def test_derived_values_come_from_their_source():
+    for key, variant in VARIANTS.items():  # the recipe file states neither
+        c = cfg.load_config(f"efficientnet-{key}")
+        assert (c.data.image_size, c.model.dropout_rate) == (variant.resolution,
+                                                             variant.dropout_rate)
+    b0 = cfg.load_config("efficientnet-b0")
+    b4 = cfg.apply_overrides(b0, ["model.model_name=efficientnet-b4"])
+    assert (b4.data.image_size, b4.model.dropout_rate) == (380, 0.4)
+    kept = cfg.apply_overrides(b0, ["model.model_name=efficientnet-b4", "data.image_size=64"])
+    assert (kept.data.image_size, kept.model.dropout_rate) == (64, 0.4)
+    small = cfg.apply_overrides(cfg.apply_overrides(b0, ["data.image_size=64"]),
+                                ["model.model_name=efficientnet-b4"])
+    assert small.data.image_size == 64  # set by hand before: stays
+    phi = cfg.apply_overrides(b0, ["model.phi=1"])
+    assert phi.data.image_size == 256 and phi.model.dropout_rate == 0.2  # 224 * 1.15, to 8 px
+    # One seed seeds the model and the data, unless the data has its own.
+    c = cfg.apply_overrides(b0, ["seed=7"])
+    assert (c.seed, c.data.seed) == (7, 7)
+    c = cfg.apply_overrides(c, ["seed=8"])
+    assert (c.seed, c.data.seed) == (8, 8)
+    c = cfg.apply_overrides(b0, ["seed=7", "data.seed=3"])
+    assert (c.seed, c.data.seed) == (7, 3)
+    assert cfg.load_config("fashion_mnist").data.seed == cfg.load_config("fashion_mnist").seed == 1
+    with pytest.raises(ValueError, match="not reproducible without a seed"):
+        cfg.apply_overrides(b0, ["data.deterministic=true"])
+    assert cfg.apply_overrides(b0, ["data.deterministic=true", "seed=1"]).data.seed == 1
+
+
+def test_config_yaml_of_an_older_run_still_loads(tmp_path):
+    """model_dirs written before num_classes moved to data: keep exporting them."""
+    old = cfg.config_to_dict(cfg.load_config("fashion_mnist"))
+    old["model"]["num_classes"] = 10
+    path = tmp_path / "config.yaml"
+    path.write_text(__import__("yaml").safe_dump(old))
+    assert cfg.load_config(str(path)) == cfg.load_config("fashion_mnist")
+
+
+def test_config_package_import_is_light():
+    """Reading configs imports neither TensorFlow nor Keras nor the training modules."""
+    code = ("import sys, efficientnet_tf.config as c, efficientnet_tf.train as t; "
+            "c.load_config('efficientnet-b3'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras') "
+            "or m.startswith('efficientnet_tf.train.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO),
                          timeout=120)
-    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -204,5 +242,5 @@ def test_wheel_ships_the_recipes(tmp_path):
                    timeout=600)
     wheel = next(p for p in os.listdir(tmp_path / "dist") if p.endswith(".whl"))
     names = zipfile.ZipFile(tmp_path / "dist" / wheel).namelist()
-    for n in [f"efficientnet-b{i}" for i in range(8)] + ["fashion_mnist"]:
+    for n in ["imagenet", "fashion_mnist", "fashion_mnist_long"]:
         assert f"efficientnet_tf/configs/{n}.yaml" in names

@@ -54,7 +54,7 @@ def main():
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * a.cpus)
 
-    from efficientnet_tf.train import config as cfglib
+    from efficientnet_tf import config as cfglib
     from efficientnet_tf.train.loop import Trainer
     from efficientnet_tf.train.strategy import make_strategy
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the gcloud and training command lines for EfficientNet on a Cloud TPU VM.
 
-Pure Python (no TensorFlow, no gcloud needed to build). Each subcommand prints the commands it
+Pure Python (no TensorFlow, no gcloud needed to build; the variant list is the package's registry). Each subcommand prints the commands it
 would run with --dry_run, and runs them (gcloud, gsutil-free `gcloud storage`) otherwise:
 
     python3 tpu/commands.py create --name=efn-v3 --accelerator_type=v3-8 --dry_run
@@ -22,10 +22,14 @@ import sys
 import tempfile
 from typing import Sequence
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-MODELS = tuple(f"efficientnet-b{i}" for i in range(8))
-TRAIN_MODULE = "efficientnet_tf.train"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, REPO_ROOT)
+from efficientnet_tf.spec import VARIANTS  # noqa: E402  (pure Python: no TensorFlow)
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+MODELS = tuple(v.full_name for v in VARIANTS.values())
+TRAIN_MODULE = "efficientnet_tf.train"
 
 # Newest TensorFlow with a documented TPU VM software version (cloud.google.com/tpu/docs/runtimes,
 # libtpu table). TF 2.21 has none; see tpu/README.md.

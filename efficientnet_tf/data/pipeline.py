@@ -11,60 +11,18 @@ Pixels come out in [0, 255]; normalization is in the model.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 
 import tensorflow as tf
 
+from efficientnet_tf import constants
+from efficientnet_tf.config import DataConfig  # noqa: F401  (the pipeline's config; re-exported)
 from efficientnet_tf.data import preprocessing, tfrecord
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_DTYPES = {"uint8": tf.uint8, "float32": tf.float32, "bfloat16": tf.bfloat16}
-AUGMENTS = (None, "autoaugment", "randaugment")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    data_dir: str = ""
-    image_size: int = 224
-    num_classes: int = 1000
-    label_offset: int = 1  # subtracted from stored labels (ImageNet files are 1-based); not used for tfds
-    train_file_pattern: str = "train-*"
-    eval_file_pattern: str = "validation-*"
-    shuffle_buffer: int = 1024
-    cache: bool = False  # cache the serialized records in memory (small data sets)
-    deterministic: bool = False  # fixed element order; with `seed`, also reproducible crops/flips
-    seed: int | None = None
-    image_dtype: str = "float32"  # "uint8" | "float32" | "bfloat16"
-    augment_name: str | None = None  # None | "autoaugment" | "randaugment"
-    randaug_num_layers: int = 2
-    randaug_magnitude: float = 10.0
-    crop_padding: int = preprocessing.DEFAULT_CROP_PADDING
-    resize_method: str = "bicubic_tf1"
-    min_crop_area: float = 0.08  # train crops cover this fraction of the image at least
-    random_flip: bool = True  # left-right flips in training (off when orientation matters)
-    num_parallel_calls: int = AUTOTUNE
-    cycle_length: int = 16  # files read in parallel
-    eval_drop_remainder: bool = False
-    synthetic: bool = False  # random pixels and labels, no files read
-    synthetic_examples: int = 1024  # examples per epoch of the synthetic data
-    tfds_train_split: str = "train"
-    tfds_eval_split: str = "validation"
-    tfds_image_key: str = "image"
-    tfds_label_key: str = "label"
-
-    def __post_init__(self):
-        if self.image_dtype not in IMAGE_DTYPES:
-            raise ValueError(f"image_dtype {self.image_dtype!r} is not one of {list(IMAGE_DTYPES)}")
-        if self.augment_name not in AUGMENTS:
-            raise ValueError(f"augment_name {self.augment_name!r} is not one of {AUGMENTS}")
-        if self.resize_method not in preprocessing.RESIZE_METHODS:
-            raise ValueError(f"resize_method {self.resize_method!r} is not one of "
-                             f"{preprocessing.RESIZE_METHODS}")
-        if self.image_size <= 0 or self.num_classes <= 0:
-            raise ValueError("image_size and num_classes must be positive")
+IMAGE_DTYPES = {name: tf.as_dtype(name) for name in constants.IMAGE_DTYPES}
 
 
 def _split(split: str) -> str:
@@ -93,8 +51,29 @@ def list_files(config: DataConfig, split: str) -> list[str]:
     return files
 
 
+def read_dataset_info(data_dir: str) -> dict | None:
+    """The converter's data_dir/dataset_info.json (classes, label offset, splits), if any."""
+    path = os.path.join(data_dir, "dataset_info.json")
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def check_dataset_info(config: DataConfig) -> None:
+    """ValueError when the config's num_classes or label_offset contradict dataset_info.json."""
+    info = read_dataset_info(config.data_dir) or {}
+    for key in ("num_classes", "label_offset"):
+        if key in info and info[key] != getattr(config, key):
+            raise ValueError(
+                f"{config.data_dir}/dataset_info.json says {key}={info[key]} but the config has "
+                f"data.{key}={getattr(config, key)}; set data.{key}={info[key]} (e.g. "
+                f"--override=data.{key}={info[key]}).")
+
+
 def _tfrecord_source(config, split, is_train, input_context) -> tf.data.Dataset:
     """(encoded image, int32 label) per record, file-sharded per input pipeline."""
+    check_dataset_info(config)
     files = list_files(config, split)
     ds = tf.data.Dataset.from_tensor_slices(files)
     record_shard = False
@@ -177,6 +156,9 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
     batch = input_context.get_per_replica_batch_size(batch_size) if input_context else batch_size
     if batch <= 0:
         raise ValueError(f"batch size per replica must be positive, got {batch}")
+    if config.image_size is None:
+        raise ValueError("DataConfig.image_size is not set: give the model's resolution "
+                         "(a TrainConfig fills it in from the model).")
     if config.synthetic:
         return _synthetic(config, batch, input_context, repeat)
     if not config.data_dir:
@@ -242,10 +224,8 @@ def count_examples(config: DataConfig, split: str) -> int:
                              f"{list(info.splits)}); prepare it or set tfds_train/eval_split")
         return info.splits[tfds_split].num_examples
     pattern = config.train_file_pattern if is_train else config.eval_file_pattern
-    info_path = os.path.join(config.data_dir, "dataset_info.json")
-    if tf.io.gfile.exists(info_path):
-        with tf.io.gfile.GFile(info_path) as f:
-            splits = json.load(f).get("splits", {})
+    splits = (read_dataset_info(config.data_dir) or {}).get("splits", {})
+    if splits:
         for entry in splits.values():
             if entry.get("file_pattern") == pattern:
                 return int(entry["num_examples"])

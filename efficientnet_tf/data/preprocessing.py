@@ -1,4 +1,4 @@
-"""Image preprocessing as in the TPU reference (REFERENCE.md "Input pipeline").
+"""Image preprocessing as in the TPU reference (docs/reference.md "Input pipeline").
 
 Train: sample_distorted_bounding_box (area 0.08..1, aspect 3/4..4/3, min_object_covered 0.1,
 10 attempts) -> decode_and_crop_jpeg (only the crop is decoded) -> resize -> random flip ->
@@ -16,8 +16,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-RESIZE_METHODS = ("bicubic_tf1", "bicubic", "bilinear")
-DEFAULT_CROP_PADDING = 32  # the constant used when the published checkpoints were trained
+from efficientnet_tf.constants import DEFAULT_CROP_PADDING, RESIZE_METHODS  # noqa: F401  (re-exported)
 
 
 def crop_padding_from_fraction(image_size: int, fraction: float = 0.875) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+import tensorflow as tf
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -37,10 +38,6 @@ def _define_flags():
                      "int8: images from the config's validation TFRecords used for calibration.")
 
 
-def _config_value(config, name, default):
-    return getattr(getattr(config, "data", None), name, default)
-
-
 def run() -> str:
     from efficientnet_tf.export import checkpoint as ckptlib
     from efficientnet_tf.export.saved_model import export_saved_model
@@ -49,10 +46,10 @@ def run() -> str:
         raise ValueError("--model_dir and --export_dir are both required.")
     config = None
     if FLAGS.image_size:  # the model is rebuilt at the new size (the weights do not depend on it)
-        from efficientnet_tf.train import config as cfglib
+        from efficientnet_tf import config as cfglib
 
         path = os.path.join(FLAGS.model_dir, "config.yaml")
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"{path} not found: --model_dir must be a training job's "
                                     "model_dir.")
         config = cfglib.apply_overrides(cfglib.load_config(path),
@@ -61,11 +58,10 @@ def run() -> str:
                                            config=config)
     print(f"Exporting {loaded.describe()}")
     config = loaded.config
-    size = FLAGS.image_size or _config_value(config, "image_size", None)
-    crop = FLAGS.crop_padding if FLAGS.crop_padding is not None else _config_value(
-        config, "crop_padding", 32)
-    resize = FLAGS.resize_method or _config_value(config, "resize_method", "bicubic_tf1")
-    data_dir = _config_value(config, "data_dir", "") or ""
+    size = FLAGS.image_size or config.data.image_size
+    crop = FLAGS.crop_padding if FLAGS.crop_padding is not None else config.data.crop_padding
+    resize = FLAGS.resize_method or config.data.resize_method
+    data_dir = config.data.data_dir
     labels = None
     if FLAGS.label_names:
         labels = ckptlib.read_label_names(FLAGS.label_names)

@@ -4,6 +4,7 @@ The training job writes model_dir/config.yaml and checkpoints of
 tf.train.Checkpoint(model=..., optimizer=..., ema=...) with a CheckpointManager. Here only the
 model (and the EMA, when the checkpoint has one) is restored; the optimizer slots are skipped
 (expect_partial). The EMA averages are copied into the model, as the reference exports them.
+This module knows the checkpoint format (config, factory, EMA), not the trainer.
 """
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from efficientnet_tf import config as cfglib
+from efficientnet_tf import factory
+from efficientnet_tf.ema import ExponentialMovingAverage
+
 
 @dataclasses.dataclass
 class LoadedModel:
     model: keras.Model
-    config: object  # efficientnet_tf.train.config.TrainConfig
+    config: cfglib.TrainConfig
     checkpoint: str
     step: int | None
     ema: bool
@@ -33,10 +38,8 @@ class LoadedModel:
 
 
 def _default_ema_factory(model, config):
-    from efficientnet_tf.train import optim
-
     decay = getattr(getattr(config, "optimizer", None), "ema_decay", None) or 0.9999
-    return optim.ExponentialMovingAverage(model, decay)
+    return ExponentialMovingAverage(model, decay)
 
 
 def checkpoint_step(path: str, keys: set[str]) -> int | None:
@@ -57,14 +60,12 @@ def load_model_for_export(model_dir: str, checkpoint: str | None = None, use_ema
     """Model of model_dir/config.yaml with the weights of its latest (or the given) checkpoint.
 
     EMA weights are used when the checkpoint has an `ema` object and use_ema is True.
-    ema_factory(model, config) builds the object the EMA was saved from (default: the training
-    job's optim.ExponentialMovingAverage); it must have copy_to(model). build_model(config)
-    makes the model (default: the training job's train.loop.build_model).
+    ema_factory(model, config) builds the object the EMA was saved from (default:
+    efficientnet_tf.ema.ExponentialMovingAverage); it must have copy_to(model). build_model(config)
+    makes the model (default: factory.build_model_from_config).
     The model is built in float32 whatever mixed-precision policy training used.
     """
     if config is None:
-        from efficientnet_tf.train import config as cfglib
-
         path = os.path.join(model_dir, "config.yaml")
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"{path} not found: --model_dir must be a training job's "
@@ -74,9 +75,7 @@ def load_model_for_export(model_dir: str, checkpoint: str | None = None, use_ema
     if not ckpt_path:
         raise FileNotFoundError(f"No checkpoint in {model_dir} (no 'checkpoint' file listing "
                                 "ckpt-N): train first, or pass --checkpoint=<path/ckpt-N>.")
-    if build_model is None:
-        from efficientnet_tf.train.loop import build_model
-    model = build_model(config)
+    model = (build_model or factory.build_model_from_config)(config)
     keys = {name for name, _ in tf.train.list_variables(ckpt_path)}
     has_ema = any(k.startswith("ema/") for k in keys)
     objects = {"model": model}

@@ -1,5 +1,8 @@
 """The training loop: a custom tf.function loop under any tf.distribute strategy.
 
+The loop owns the strategy, the compiled steps, the EMA, checkpoints, summaries and the eval
+cadence; the task (task.py) owns the model, inputs, loss and metrics.
+
 Why a custom loop and not model.fit: the recipe needs an EMA that also averages BN statistics
 and is swapped in for evaluation and export, TF1-semantics RMSProp, L2 that skips BN, and exact
 resume from a step; all of that is a few lines here and would be callbacks fighting fit() there.
@@ -9,55 +12,32 @@ reference's iterations_per_loop), so the host is out of the inner loop.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf.train import optim
+from efficientnet_tf.ema import ExponentialMovingAverage
 from efficientnet_tf.train.strategy import per_replica_batch_size
-
-
-def build_model(config, num_replicas: int = 1) -> keras.Model:
-    """The model described by config.model (logits output, float32); num_replicas sizes the
-    cross-replica BN groups (inference does not depend on them)."""
-    from efficientnet_tf.model import EfficientNet
-    from efficientnet_tf.spec import get_variant
-
-    m = config.model
-    size = config.data.image_size
-    if m.phi is not None:
-        kw = dict(phi=m.phi)
-    elif m.width_coefficient is not None:
-        kw = dict(width_coefficient=m.width_coefficient, depth_coefficient=m.depth_coefficient)
-    else:
-        v = get_variant(m.model_name)
-        kw = dict(width_coefficient=v.width_coefficient, depth_coefficient=v.depth_coefficient)
-    return EfficientNet(
-        **kw, default_size=size, dropout_rate=m.dropout_rate,
-        drop_connect_rate=m.drop_connect_rate, stem_strides=m.stem_strides,
-        bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, synchronized_bn=m.synchronized_bn,
-        bn_group_size=None if m.synchronized_bn else m.resolved_bn_group_size(num_replicas),
-        input_shape=(size, size, 3),
-        classes=m.num_classes, classifier_activation=None,
-        name=m.model_name.replace("-", "") if m.model_name else None)
+from efficientnet_tf.train.task import ClassificationTask
 
 
 class Trainer:
-    """Owns the strategy, model, optimizer, EMA, checkpoints and summaries of one model_dir."""
+    """The loop around a task: strategy, compiled steps, EMA, checkpoints, summaries, eval cadence.
+
+    Trainer(config, model_dir) trains config's ClassificationTask; pass task= for another task
+    (anything with ClassificationTask's methods). train_dataset_fn / num_train_examples go to
+    the default task (see ClassificationTask).
+    """
 
     def __init__(self, config, model_dir: str, strategy: tf.distribute.Strategy | None = None,
                  jit_compile: bool = False, log=print, train_dataset_fn=None,
-                 num_train_examples: int | None = None):
-        """train_dataset_fn(input_context) -> per-replica batches replaces the TFRecord
-        pipeline (tests, custom data); then give num_train_examples too."""
+                 num_train_examples: int | None = None, task=None):
         self.config = config
-        self._custom_dataset_fn = train_dataset_fn
+        self.task = task or ClassificationTask(config, train_dataset_fn, num_train_examples)
         self.model_dir = model_dir
         self.strategy = strategy or tf.distribute.get_strategy()
         self.log = log
@@ -66,27 +46,19 @@ class Trainer:
         self.global_batch = config.train_batch_size
         self.per_replica = per_replica_batch_size(self.global_batch, self.strategy)
         per_replica_batch_size(config.eval_batch_size, self.strategy)
-        if config.use_bfloat16:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        self.data_config = config.data.to_data_config()
-        if config.seed is not None:
-            keras.utils.set_random_seed(config.seed)
-        n_train = num_train_examples or self._num_train_examples()
+        n_train = self.task.num_train_examples()
         self.steps_per_epoch = max(1, n_train // self.global_batch)
         # The reference's warm-up and decay boundaries use the unfloored steps per epoch.
         self._exact_steps_per_epoch = max(1.0, n_train / self.global_batch)
         self.total_steps = (config.train_steps if config.train_steps
                             else int(math.ceil(config.epochs * self.steps_per_epoch)))
         with self.strategy.scope():
-            self.model = build_model(config, self.strategy.num_replicas_in_sync)
-            o = config.optimizer
-            self.lr_schedule = optim.learning_rate_schedule(
-                o.lr, self.global_batch, self._exact_steps_per_epoch, warmup_epochs=o.warmup_epochs,
-                decay_epochs=o.decay_epochs, decay_rate=o.decay_rate, kind=o.schedule,
-                total_steps=self.total_steps)
-            self.optimizer = optim.make_optimizer(o, self.lr_schedule)
+            self.model = self.task.build_model(self.strategy.num_replicas_in_sync)
+            self.optimizer, self.lr_schedule = self.task.create_optimizer(
+                self.global_batch, self._exact_steps_per_epoch, self.total_steps)
             self.optimizer.build(self.model.trainable_variables)
-            self.ema = optim.ExponentialMovingAverage(self.model, o.ema_decay) if o.ema_decay else None
+            decay = config.optimizer.ema_decay
+            self.ema = ExponentialMovingAverage(self.model, decay) if decay else None
         # Keras keeps the dropout / drop-connect RNG states outside model.weights: checkpoint
         # them too, so a resumed run draws the same masks as an uninterrupted one.
         rng = [layer.seed_generator.state for layer in self.model.layers
@@ -104,65 +76,24 @@ class Trainer:
         self._eval_step = None
 
     # ---------------------------------------------------------------- data
-    def _num_train_examples(self) -> int:
-        from efficientnet_tf.data import pipeline
-
-        return pipeline.count_examples(self.data_config, "train")
-
     def _train_dataset(self, start_step: int):
-        from efficientnet_tf.data import pipeline
-
-        dc = self.data_config
-
-        if self.config.resume_data == "reseed" and start_step:
-            import dataclasses
-
-            # A new shuffle order, not a replay: costs nothing, but not bit-exact.
-            dc = dataclasses.replace(dc, seed=(dc.seed or 0) + start_step)
-
-        def train_dataset_fn(ctx):
-            if self._custom_dataset_fn is not None:
-                ds = self._custom_dataset_fn(ctx)
-            else:
-                ds = pipeline.build_dataset(dc, "train", self.global_batch, input_context=ctx)
-            if start_step and self.config.resume_data == "skip":
-                # Exact resume: replay the deterministic stream up to where we stopped.
-                ds = ds.skip(start_step * ctx.num_replicas_in_sync // ctx.num_input_pipelines)
-            return ds
-
-        return self.strategy.distribute_datasets_from_function(train_dataset_fn)
+        return self.strategy.distribute_datasets_from_function(
+            lambda ctx: self.task.train_dataset(ctx, self.global_batch, start_step))
 
     def _eval_dataset(self):
-        from efficientnet_tf.data import pipeline
-
-        per_replica = self.config.eval_batch_size // self.strategy.num_replicas_in_sync
-        pad = functools.partial(_pad_batch, size=per_replica, image_size=self.data_config.image_size)
-
-        def eval_dataset_fn(ctx):
-            ds = pipeline.build_dataset(self.data_config, "validation", self.config.eval_batch_size,
-                                        input_context=ctx, repeat=False)
-            return ds.map(pad)
-
-        return self.strategy.distribute_datasets_from_function(eval_dataset_fn)
+        return self.strategy.distribute_datasets_from_function(
+            lambda ctx: self.task.eval_dataset(ctx, self.config.eval_batch_size))
 
     # ---------------------------------------------------------------- steps
     def _replica_train_step(self, images, labels):
-        o = self.config.optimizer
         with tf.GradientTape() as tape:
-            logits = self.model(images, training=True)
-            ce = optim.classification_loss(labels, logits, self.config.model.num_classes,
-                                           o.label_smoothing)
-            loss = tf.reduce_sum(ce) / self.global_batch
-            if o.weight_decay:
-                loss += optim.l2_regularization_loss(self.model, o.weight_decay) / (
-                    self.strategy.num_replicas_in_sync)
+            loss, ce, logits = self.task.loss(self.model, images, labels, self.global_batch,
+                                              self.strategy.num_replicas_in_sync)
         grads = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         if self.ema is not None:
             self.ema.update(self.optimizer.iterations)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                                 tf.cast(labels, tf.int32)), tf.float32))
-        return tf.reduce_sum(ce), correct
+        return self.task.train_metrics(labels, logits, ce)
 
     def _make_train_loop(self):
         step_fn = tf.function(self._replica_train_step, jit_compile=self.jit_compile)
@@ -180,16 +111,7 @@ class Trainer:
         return train_loop
 
     def _replica_eval_step(self, images, labels):
-        logits = tf.cast(self.model(images, training=False), tf.float32)
-        valid = labels >= 0
-        safe = tf.where(valid, tf.cast(labels, tf.int32), 0)
-        ce = optim.classification_loss(safe, logits, self.config.model.num_classes, 0.0)
-        mask = tf.cast(valid, tf.float32)
-        top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), safe), tf.float32)
-        k = min(5, self.config.model.num_classes)
-        top5 = tf.cast(tf.nn.in_top_k(safe, logits, k), tf.float32)
-        return (tf.reduce_sum(ce * mask), tf.reduce_sum(top1 * mask), tf.reduce_sum(top5 * mask),
-                tf.reduce_sum(mask))
+        return self.task.eval_metrics(self.model, images, labels)
 
     # ---------------------------------------------------------------- public
     def _bn_description(self) -> str:
@@ -292,15 +214,6 @@ class Trainer:
         n = max(totals[3], 1.0)
         return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n,
                 "examples": int(totals[3]), "ema": use_ema}
-
-
-def _pad_batch(images, labels, size, image_size):
-    """Pads a short last batch to `size` rows (static shapes for TPU); padded labels are -1."""
-    n = size - tf.shape(labels)[0]
-    images = tf.pad(images, [[0, n], [0, 0], [0, 0], [0, 0]])
-    labels = tf.pad(labels, [[0, n]], constant_values=-1)
-    return (tf.ensure_shape(images, [size, image_size, image_size, 3]),
-            tf.ensure_shape(labels, [size]))
 
 
 def _is_chief(strategy) -> bool:

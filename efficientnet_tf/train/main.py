@@ -5,10 +5,11 @@ library never reads global flags: main() turns them into a TrainConfig and calls
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
+
+from efficientnet_tf import config as cfglib  # light: no TensorFlow until the job starts
 
 FLAGS = flags.FLAGS
 
@@ -21,7 +22,8 @@ def define_flags():
     f.DEFINE_enum("strategy", "default",
                   ["tpu", "multi_worker_mirrored", "mirrored", "one_device", "default"],
                   "Distribution strategy.")
-    f.DEFINE_string("model_name", None, "efficientnet-b0 .. efficientnet-b7: loads configs/<name>.yaml.")
+    f.DEFINE_string("model_name", None, "A registered variant (efficientnet-b0, ...): the ImageNet "
+                    "recipe at that variant. With --config, only the model it builds.")
     f.DEFINE_string("config", None, "A YAML config (path, or a name in configs/). Default: --model_name.")
     f.DEFINE_string("data_dir", None, "TFRecord directory (train-*, validation-*) or tfds:<name>.")
     f.DEFINE_string("model_dir", None, "Checkpoints, summaries, config.yaml. Required.")
@@ -36,7 +38,8 @@ def define_flags():
     f.DEFINE_bool("use_bfloat16", None, "bfloat16 activations (float32 logits and loss).")
     f.DEFINE_bool("use_synthetic_data", False, "Random data of the right shapes (step throughput).")
     f.DEFINE_string("export_dir", None, "Export a SavedModel here at the end of training.")
-    f.DEFINE_float("eval_every_epochs", None, "Evaluate during train_and_eval every N epochs.")
+    f.DEFINE_float("eval_every_epochs", None, "Evaluate during train_and_eval every N epochs "
+                   "(default: 10 times over the run, at most once per epoch).")
     f.DEFINE_integer("eval_timeout", 3600, "--mode=eval: stop after this many seconds without a "
                      "new checkpoint.")
     f.DEFINE_bool("jit_compile", False, "XLA-compile the train step (always on TPU).")
@@ -45,11 +48,9 @@ def define_flags():
 
 def resolve_config(argv_flags) -> "object":
     """Config file -> flag values -> --override, validated."""
-    from efficientnet_tf.train import config as cfglib
-
     name = argv_flags.config or argv_flags.model_name
     if not name:
-        raise ValueError("Give --model_name (efficientnet-b0 .. b7) or --config (a YAML path or "
+        raise ValueError("Give --model_name (e.g. efficientnet-b0) or --config (a YAML path or "
                          "a name in configs/, e.g. fashion_mnist).")
     config = cfglib.load_config(name)
     overrides = []
@@ -57,7 +58,7 @@ def resolve_config(argv_flags) -> "object":
         "model_name": "model.model_name", "data_dir": "data.data_dir",
         "train_steps": "train_steps", "epochs": "epochs",
         "train_batch_size": "train_batch_size", "eval_batch_size": "eval_batch_size",
-        "steps_per_execution": "steps_per_execution", "num_label_classes": "model.num_classes",
+        "steps_per_execution": "steps_per_execution", "num_label_classes": "data.num_classes",
         "augment_name": "data.augment_name", "use_bfloat16": "use_bfloat16",
     }
     for flag, key in mapping.items():
@@ -66,10 +67,7 @@ def resolve_config(argv_flags) -> "object":
             overrides.append(f"{key}={value}")
     if argv_flags.use_synthetic_data:
         overrides.append("data.synthetic=true")
-    config = cfglib.apply_overrides(config, overrides + list(argv_flags.override))
-    if config.model.num_classes != config.data.num_classes:
-        config = cfglib.apply_overrides(config, [f"data.num_classes={config.model.num_classes}"])
-    return config
+    return cfglib.apply_overrides(config, overrides + list(argv_flags.override))
 
 
 def main(argv):
@@ -82,7 +80,6 @@ def main(argv):
 
 
 def run():
-    from efficientnet_tf.train import config as cfglib
     from efficientnet_tf.train.strategy import make_strategy
 
     if not FLAGS.model_dir:
@@ -104,8 +101,8 @@ def run():
         return
     eval_every = None
     if FLAGS.mode == "train_and_eval":
-        epochs = FLAGS.eval_every_epochs or max(1.0, (config.epochs or 1) / 10)
-        eval_every = max(1, int(epochs * trainer.steps_per_epoch))
+        eval_every = eval_interval(trainer.total_steps, trainer.steps_per_epoch,
+                                   FLAGS.eval_every_epochs)
     trainer.train(eval_every_steps=eval_every)
     from efficientnet_tf.train.evaluate import plot_history
 
@@ -126,6 +123,14 @@ def run():
                                   outputs_are_logits=True,
                                   label_names=_label_names(config.data.data_dir))
         print(f"Exported {loaded.describe()} to {path}")
+
+
+def eval_interval(total_steps: int, steps_per_epoch: int, every_epochs: float | None) -> int:
+    """Steps between evaluations: every_epochs epochs, else a tenth of the run (train_steps or
+    epochs), but at most once per epoch."""
+    if every_epochs:
+        return max(1, int(every_epochs * steps_per_epoch))
+    return max(1, total_steps // 10, min(steps_per_epoch, total_steps))
 
 
 def _label_names(data_dir):

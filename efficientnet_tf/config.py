@@ -1,6 +1,6 @@
-"""Typed training configs: YAML recipes -> frozen dataclasses, command-line overrides, config.yaml.
+"""Typed configs: YAML recipes -> frozen dataclasses, command-line overrides, config.yaml.
 
-    config = load_config("efficientnet-b0")               # efficientnet_tf/configs/<name>.yaml
+    config = load_config("efficientnet-b0")               # the ImageNet recipe for variant b0
     config = load_config("my_recipe.yaml")                 # or any YAML file
     config = apply_overrides(config, ["optimizer.lr=0.032", "data.image_size=64"])
     save_config(config, model_dir)                         # model_dir/config.yaml, atomically
@@ -9,11 +9,18 @@ A YAML file has top-level TrainConfig keys plus the sections `model:`, `data:` a
 Missing keys take the dataclass defaults below (the TPU reference's ImageNet recipe); unknown keys
 are an error that names the key, the file and the nearest valid keys.
 
-The recipes ship inside the package (efficientnet_tf/configs/, also reachable as the top-level
-configs/ of a source checkout), so `pip install .` finds them too.
+Values derived from another value unless a recipe sets them:
+  data.image_size, model.dropout_rate  <- the variant (registry in spec.py; phi: compound scaling)
+  data.seed                            <- seed (one seed seeds the model and the data)
+They are filled in when the config is made, so config.yaml records what ran. Overriding the
+source (model.model_name, seed, ...) moves the derived values that still held the old default.
 
-This module imports only the standard library and PyYAML at import time; the data pipeline
-(TensorFlow) is imported by DataSection.to_data_config() only.
+Recipes ship inside the package (efficientnet_tf/configs/, also reachable as the top-level
+configs/ of a source checkout). `efficientnet-<variant>` names the ImageNet recipe
+(configs/imagenet.yaml) for any registered variant.
+
+This module imports the standard library and PyYAML only (no TensorFlow), also through the
+package: `import efficientnet_tf.config` does not import TensorFlow.
 """
 from __future__ import annotations
 
@@ -26,7 +33,11 @@ from typing import Any, Sequence
 
 import yaml
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+from efficientnet_tf import constants, spec
+from efficientnet_tf.scaling import compound_scaling
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+IMAGENET_RECIPE = "imagenet"  # configs/imagenet.yaml: the recipe behind efficientnet-<variant>
 OPTIMIZERS = ("rmsprop_tf1", "rmsprop", "sgd", "adam")
 SCHEDULES = ("exponential", "cosine", "constant")
 RESUME_DATA = ("reseed", "skip", "restart")
@@ -40,20 +51,20 @@ def _fail(msg: str) -> typing.NoReturn:
 class ModelConfig:
     """Which EfficientNet to build.
 
-    Give one of: `model_name` alone (a published variant, efficientnet-b0 .. b7, whose width and
+    Give one of: `model_name` alone (a registered variant, e.g. efficientnet-b0, whose width and
     depth come from the registry); `width_coefficient` + `depth_coefficient` (custom; model_name is
     then just the model's name); or `phi` (compound scaling, d = 1.2^phi, w = 1.1^phi; negative
-    phi scales B0 down). The input resolution is `data.image_size`.
+    phi scales B0 down). The input resolution is `data.image_size`, the classes
+    `data.num_classes`. dropout_rate None: the variant's.
     """
 
     model_name: str = "efficientnet-b0"
     width_coefficient: float | None = None
     depth_coefficient: float | None = None
     phi: float | None = None
-    dropout_rate: float = 0.2  # before the classifier
+    dropout_rate: float | None = None  # before the classifier; None: the variant's
     drop_connect_rate: float = 0.2  # stochastic depth at the LAST block (survival 0.8); linear in depth
     stem_strides: int = 2  # 1 keeps full resolution in the stem (tiny inputs such as 32 px)
-    num_classes: int = 1000
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
     synchronized_bn: bool = False  # BN batch statistics across all replicas
@@ -70,20 +81,45 @@ class ModelConfig:
         if custom and (self.width_coefficient <= 0 or self.depth_coefficient <= 0):
             _fail("model: width_coefficient and depth_coefficient must be > 0.")
         if self.phi is None and not custom:
-            from efficientnet_tf.spec import get_variant  # raises a ValueError listing valid names
-
-            get_variant(self.model_name)
-        if not 0.0 <= self.dropout_rate < 1.0 or not 0.0 <= self.drop_connect_rate < 1.0:
-            _fail("model: dropout_rate and drop_connect_rate must be in [0, 1).")
+            spec.get_variant(self.model_name)  # raises a ValueError listing valid names
+        if self.dropout_rate is not None and not 0.0 <= self.dropout_rate < 1.0:
+            _fail("model: dropout_rate must be in [0, 1).")
+        if not 0.0 <= self.drop_connect_rate < 1.0:
+            _fail("model: drop_connect_rate must be in [0, 1).")
         if self.stem_strides not in (1, 2):
             _fail(f"model.stem_strides must be 1 or 2, got {self.stem_strides}.")
-        if self.num_classes < 1:
-            _fail(f"model.num_classes must be >= 1, got {self.num_classes}.")
         if self.bn_group_size is not None and self.bn_group_size < 1:
             _fail(f"model.bn_group_size must be >= 1 (1 = per replica), got {self.bn_group_size}.")
         if self.synchronized_bn and self.bn_group_size not in (None, 1):
             _fail("model: synchronized_bn=true pools BN over all replicas; it cannot be combined "
                   "with bn_group_size. Set one of them.")
+
+    def variant(self) -> spec.Variant | None:
+        """The registered variant model_name names, or None for phi / custom width and depth."""
+        if self.phi is not None or self.width_coefficient is not None:
+            return None
+        return spec.get_variant(self.model_name)
+
+    def scaling(self) -> tuple[float, float]:
+        """(width_coefficient, depth_coefficient) of the model."""
+        if self.phi is not None:
+            cs = compound_scaling(self.phi)
+            return cs.width_coefficient, cs.depth_coefficient
+        if self.width_coefficient is not None:
+            return float(self.width_coefficient), float(self.depth_coefficient)
+        v = self.variant()
+        return v.width_coefficient, v.depth_coefficient
+
+    def defaults(self) -> tuple[int, float]:
+        """(resolution, dropout_rate) the model implies: the registry entry of a named
+        variant; for phi the compound-scaled resolution; 224 px for custom width/depth.
+        Dropout 0.2 (B0's) unless the variant says otherwise."""
+        if self.phi is not None:
+            return compound_scaling(self.phi).resolution, 0.2
+        if self.width_coefficient is not None:
+            return 224, 0.2
+        v = self.variant()
+        return v.resolution, v.dropout_rate
 
     def resolved_bn_group_size(self, num_replicas: int) -> int:
         """Replicas per BN-statistics group for this many replicas (num_replicas = all).
@@ -109,63 +145,54 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSection:
-    """The `data:` section. Same field names as efficientnet_tf.data.pipeline.DataConfig.
+class DataConfig:
+    """The `data:` section, and what efficientnet_tf.data.pipeline reads (one type for both).
 
-    Kept separate so that reading a config never imports TensorFlow; to_data_config() converts.
     label_offset is subtracted from stored labels: 1 for ImageNet-style 1-based TFRecords (our
-    converter writes those, Fashion-MNIST included), 0 for 0-based files.
+    converter writes those, Fashion-MNIST included), 0 for 0-based files; not used for tfds.
+    image_size None: the model's resolution (filled in by TrainConfig; the pipeline needs it).
     """
 
     data_dir: str = ""
-    image_size: int = 224
+    image_size: int | None = None
     num_classes: int = 1000
     label_offset: int = 1
     train_file_pattern: str = "train-*"
     eval_file_pattern: str = "validation-*"
     shuffle_buffer: int = 1024
-    cache: bool = False
-    deterministic: bool = False
-    seed: int | None = None
+    cache: bool = False  # cache the serialized records in memory (small data sets)
+    deterministic: bool = False  # fixed element order; with `seed`, also reproducible crops/flips
+    seed: int | None = None  # None in a TrainConfig: the top-level seed
     image_dtype: str = "float32"  # uint8 | float32 | bfloat16
     augment_name: str | None = None  # None | autoaugment | randaugment
     randaug_num_layers: int = 2
     randaug_magnitude: float = 10.0
-    crop_padding: int = 32  # eval center crop; 32 is what the published checkpoints used
+    crop_padding: int = constants.DEFAULT_CROP_PADDING  # eval center crop
     resize_method: str = "bicubic_tf1"  # bicubic_tf1 | bicubic | bilinear
     min_crop_area: float = 0.08  # smallest train crop, fraction of the image (reference: 0.08)
     random_flip: bool = True  # left-right flips in training; false when orientation matters
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
-    cycle_length: int = 16
+    cycle_length: int = 16  # files read in parallel
     eval_drop_remainder: bool = False
-    synthetic: bool = False
-    synthetic_examples: int = 1024
+    synthetic: bool = False  # random pixels and labels, no files read
+    synthetic_examples: int = 1024  # examples per epoch of the synthetic data
     tfds_train_split: str = "train"
     tfds_eval_split: str = "validation"
     tfds_image_key: str = "image"
     tfds_label_key: str = "label"
 
     def __post_init__(self):
-        if self.image_size < 1 or self.num_classes < 1:
+        if (self.image_size is not None and self.image_size < 1) or self.num_classes < 1:
             _fail("data.image_size and data.num_classes must be >= 1.")
-        if self.augment_name not in (None, "autoaugment", "randaugment"):
-            _fail(f"data.augment_name must be autoaugment, randaugment or none, "
+        if self.augment_name not in (None, *constants.AUGMENT_NAMES):
+            _fail(f"data.augment_name must be {', '.join(constants.AUGMENT_NAMES)} or none, "
                   f"got {self.augment_name!r}.")
-
-    def to_data_config(self):
-        """The pipeline's DataConfig (imports efficientnet_tf.data.pipeline, i.e. TensorFlow)."""
-        from efficientnet_tf.data import pipeline
-
-        known = {f.name for f in dataclasses.fields(pipeline.DataConfig)}
-        kwargs = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in known:
-                kwargs[f.name] = value
-            elif value != f.default:
-                _fail(f"data.{f.name}={value!r} is not supported by this version of "
-                      "efficientnet_tf.data.pipeline.DataConfig; remove it from the config.")
-        return pipeline.DataConfig(**kwargs)
+        if self.image_dtype not in constants.IMAGE_DTYPES:
+            _fail(f"data.image_dtype must be one of {', '.join(constants.IMAGE_DTYPES)}, "
+                  f"got {self.image_dtype!r}.")
+        if self.resize_method not in constants.RESIZE_METHODS:
+            _fail(f"data.resize_method must be one of {', '.join(constants.RESIZE_METHODS)}, "
+                  f"got {self.resize_method!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +241,7 @@ class TrainConfig:
     """A whole training run. train_steps, when set, wins over epochs."""
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    data: DataSection = dataclasses.field(default_factory=DataSection)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     train_batch_size: int = 4096  # global
     eval_batch_size: int = 1024  # global
@@ -224,7 +251,7 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None  # None: once per epoch
     keep_checkpoints: int = 5
     use_bfloat16: bool = False  # bfloat16 activations; float32 variables, logits and loss
-    seed: int | None = None  # model initialization (keras.utils.set_random_seed); data.seed: input
+    seed: int | None = None  # seeds the model's initialization and, unless data.seed, the data
     resume_data: str = "reseed"  # after a restart: reseed the input stream | skip (replay) | restart
 
     def __post_init__(self):
@@ -238,13 +265,38 @@ class TrainConfig:
             _fail("steps_per_execution and keep_checkpoints must be >= 1.")
         if self.resume_data not in RESUME_DATA:
             _fail(f"resume_data must be one of {', '.join(RESUME_DATA)}, got {self.resume_data!r}.")
-        if self.model.num_classes != self.data.num_classes:
-            _fail(f"model.num_classes ({self.model.num_classes}) and data.num_classes "
-                  f"({self.data.num_classes}) differ; set both (an override of model.num_classes "
-                  "alone sets both).")
+        derived = _derived_values(self.model, self.seed)
+        data = {k: v for k, v in derived.items()
+                if k.startswith("data.") and getattr(self.data, k[5:]) is None}
+        if data:
+            object.__setattr__(self, "data", dataclasses.replace(
+                self.data, **{k[5:]: v for k, v in data.items()}))
+        if self.model.dropout_rate is None:
+            object.__setattr__(self, "model", dataclasses.replace(
+                self.model, dropout_rate=derived["model.dropout_rate"]))
+        if self.data.deterministic and self.data.seed is None:
+            _fail("data.deterministic=true is not reproducible without a seed: set seed (it seeds "
+                  "the model and the data) or data.seed.")
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataSection, "optimizer": OptimizerConfig}
+def _derived_values(model: ModelConfig, seed: int | None) -> dict:
+    """The values a TrainConfig derives when the recipe leaves them out, by dotted key."""
+    resolution, dropout = model.defaults()
+    return {"data.image_size": resolution, "model.dropout_rate": dropout, "data.seed": seed}
+
+
+# Which keys each derived value follows (see apply_overrides).
+_DERIVED_FROM = {
+    "data.image_size": ("model.model_name", "model.phi", "model.width_coefficient",
+                        "model.depth_coefficient"),
+    "model.dropout_rate": ("model.model_name", "model.phi", "model.width_coefficient",
+                           "model.depth_coefficient"),
+    "data.seed": ("seed",),
+}
+# Keys of older config files, read as the key that holds the value now.
+_ALIASES = {"model.num_classes": "data.num_classes"}
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -322,13 +374,31 @@ def _build(cls, values: dict, where: str, prefix: str = ""):
         raise ValueError(f"{e} (in {where})") from None
 
 
+def _migrate(values: dict, where: str) -> dict:
+    """Moves keys of older config files (_ALIASES) to where the value lives now."""
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for old, new in _ALIASES.items():
+        (old_s, old_f), (new_s, new_f) = old.split("."), new.split(".")
+        section = values.get(old_s)
+        if not isinstance(section, dict) or old_f not in section:
+            continue
+        value = section.pop(old_f)
+        target = values.setdefault(new_s, {})
+        if isinstance(target, dict):
+            if new_f in target and _coerce(target[new_f], int, new) != _coerce(value, int, old):
+                _fail(f"{old} ({value}) and {new} ({target[new_f]}) differ in {where}; "
+                      f"{new} alone holds the value now.")
+            target.setdefault(new_f, value)
+    return values
+
+
 def config_from_dict(values: dict, where: str = "<dict>") -> TrainConfig:
     """A TrainConfig from a nested dict (as read from YAML); `where` names the source in errors."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         _fail(f"{where} must hold a YAML mapping, got {type(values).__name__}.")
-    return _build(TrainConfig, values, where)
+    return _build(TrainConfig, _migrate(values, where), where)
 
 
 def config_to_dict(config: TrainConfig) -> dict:
@@ -338,41 +408,59 @@ def config_to_dict(config: TrainConfig) -> dict:
 
 # ----------------------------------------------------------------------------- files
 def available_configs() -> list[str]:
-    """Names of the shipped recipes (efficientnet_tf/configs/*.yaml)."""
-    if not os.path.isdir(CONFIG_DIR):
-        return []
-    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+    """Shipped recipes (efficientnet_tf/configs/*.yaml) and efficientnet-<variant> for every
+    registered variant (the ImageNet recipe at that variant)."""
+    files = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml")) if (
+        os.path.isdir(CONFIG_DIR)) else []
+    return sorted(set(files) | {v.full_name for v in spec.VARIANTS.values()})
 
 
-def _resolve_path(path_or_name: str) -> str:
-    text = str(path_or_name)
-    if os.path.isfile(text):
-        return text
-    if text.endswith((".yaml", ".yml")) or os.sep in text:
-        _fail(f"Config file {text!r} does not exist.")
-    name = text.lower()
-    if name.startswith("b") and name[1:].isdigit():  # "b3" -> "efficientnet-b3"
-        name = "efficientnet-" + name
-    name = name.replace("efficientnetb", "efficientnet-b").replace("efficientnet_b", "efficientnet-b")
-    path = os.path.join(CONFIG_DIR, name + ".yaml")
-    if os.path.isfile(path):
-        return path
-    names = available_configs()
-    close = difflib.get_close_matches(text, names, n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    _fail(f"Unknown config {text!r}: not a file and not a shipped recipe.{hint} "
-          f"Shipped recipes: {', '.join(names) or '(none found in ' + CONFIG_DIR + ')'}.")
+def _variant_of(name: str) -> str | None:
+    """The variant key a recipe name means ('b3', 'efficientnet-b3', 'efficientnetb3'), if any."""
+    text = name.lower()
+    key = spec.variant_key(text)
+    if key in spec.VARIANTS and (text == key or text.startswith("efficientnet")):
+        return key
+    return None
+
+
+def _read_yaml(path: str) -> dict:
+    if "://" in path:  # gs://, ram://: through TensorFlow's file systems
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path) as f:
+            text = f.read()
+    else:
+        with open(path) as f:
+            text = f.read()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from None
 
 
 def load_config(path_or_name: str) -> TrainConfig:
     """Reads a YAML recipe: a file path, or a shipped name such as 'efficientnet-b0', 'b0',
     'fashion_mnist'."""
-    path = _resolve_path(path_or_name)
-    with open(path) as f:
-        try:
-            values = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from None
+    text = str(path_or_name)
+    if os.path.isfile(text) or "://" in text:
+        return config_from_dict(_read_yaml(text), where=text)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        _fail(f"Config file {text!r} does not exist.")
+    key = _variant_of(text)
+    name = IMAGENET_RECIPE if key else text.lower()
+    path = os.path.join(CONFIG_DIR, name + ".yaml")
+    if not os.path.isfile(path):
+        names = available_configs()
+        close = difflib.get_close_matches(text, names, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        _fail(f"Unknown config {text!r}: not a file and not a shipped recipe.{hint} "
+              f"Shipped recipes: {', '.join(names) or '(none found in ' + CONFIG_DIR + ')'}.")
+    values = _read_yaml(path)
+    if key:  # the ImageNet recipe for this variant: its resolution and dropout follow
+        values = _migrate(values or {}, path)
+        values.setdefault("model", {})["model_name"] = spec.VARIANTS[key].full_name
+        return config_from_dict(values, where=f"{path} (as {spec.VARIANTS[key].full_name})")
     return config_from_dict(values, where=path)
 
 
@@ -380,15 +468,17 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
     """Returns a copy of config with 'section.field=value' / 'field=value' overrides applied.
 
     Values are parsed as YAML scalars and converted to the field's type ('none' clears an
-    optional field). Overriding model.num_classes alone also sets data.num_classes.
+    optional field). Derived values (data.image_size, model.dropout_rate, data.seed) that still
+    hold what their source implied follow an override of that source.
     """
     values = config_to_dict(config)
-    set_keys = set()
+    set_keys: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = str(item).partition("=")
         key = key.strip()
         if not sep or not key:
             _fail(f"Override {item!r} must look like key=value, e.g. optimizer.lr=0.1.")
+        key = _ALIASES.get(key, key)
         parts = key.split(".")
         if len(parts) > 2:
             _fail(f"Override key {key!r} has too many dots; use section.field or field.")
@@ -411,10 +501,20 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
             parsed = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             parsed = raw
-        target[field] = parsed if not isinstance(parsed, (dict, list)) else raw
-        set_keys.add(key)
-    if "model.num_classes" in set_keys and "data.num_classes" not in set_keys:
-        values["data"]["num_classes"] = values["model"]["num_classes"]
+        parsed = parsed if not isinstance(parsed, (dict, list)) else raw
+        if key in set_keys and set_keys[key] != parsed:
+            older = [k for k, v in _ALIASES.items() if v == key]
+            _fail(f"Overrides give {key} two values that differ, {set_keys[key]!r} and "
+                  f"{parsed!r}{' (' + ', '.join(older) + ' is an older name for it)' if older else ''}"
+                  "; give it once.")
+        target[field] = parsed
+        set_keys[key] = parsed
+    old = _derived_values(config.model, config.seed)
+    for key, sources in _DERIVED_FROM.items():
+        section, field = key.split(".")
+        if key not in set_keys and any(s in set_keys for s in sources) and (
+                values[section][field] == old[key]):
+            values[section][field] = None  # re-derived from the new source
     return config_from_dict(values, where="overrides " + " ".join(map(str, overrides)))
 
 

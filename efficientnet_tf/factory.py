@@ -1,0 +1,61 @@
+"""Config -> keras.Model: the one builder behind the training job, export, the demo and tools.
+
+    from efficientnet_tf.factory import build_model
+    model = build_model(config.model, image_size=224, num_classes=1000)   # logits
+
+A model built under a mixed-precision policy keeps it in its layers; the global Keras policy
+is set only while the model is built and restored afterwards (dtype_policy_scope).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import keras
+
+from efficientnet_tf import spec
+from efficientnet_tf.config import ModelConfig, TrainConfig
+from efficientnet_tf.model import EfficientNet
+
+
+@contextlib.contextmanager
+def dtype_policy_scope(policy: str | None):
+    """Sets Keras' global dtype policy (e.g. "mixed_bfloat16") inside the block only."""
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_model(model_config: ModelConfig, image_size: int, num_classes: int, *,
+                num_replicas: int = 1, dtype_policy: str | None = None,
+                classifier_activation=None, weights=None) -> keras.Model:
+    """The model model_config describes, at image_size x image_size, with num_classes outputs
+    (logits by default). num_replicas sizes the cross-replica BN groups (training only;
+    inference does not depend on them). dtype_policy: e.g. "mixed_bfloat16" (float32 logits)."""
+    m = model_config
+    width, depth = m.scaling()
+    default_size, default_dropout = m.defaults()
+    dropout = default_dropout if m.dropout_rate is None else m.dropout_rate
+    variant = m.variant()
+    with dtype_policy_scope(dtype_policy):
+        return EfficientNet(
+            width, depth, default_size=image_size or default_size, dropout_rate=dropout,
+            blocks=variant.blocks if variant else spec.B0_BLOCKS,
+            drop_connect_rate=m.drop_connect_rate, stem_strides=m.stem_strides,
+            bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, synchronized_bn=m.synchronized_bn,
+            bn_group_size=None if m.synchronized_bn else m.resolved_bn_group_size(num_replicas),
+            input_shape=(image_size, image_size, 3), classes=num_classes,
+            classifier_activation=classifier_activation, weights=weights,
+            name=m.model_name.replace("-", "") if m.model_name else None)
+
+
+def build_model_from_config(config: TrainConfig, num_replicas: int = 1,
+                            dtype_policy: str | None = None) -> keras.Model:
+    """build_model for a whole TrainConfig (its data.image_size and data.num_classes)."""
+    return build_model(config.model, config.data.image_size, config.data.num_classes,
+                       num_replicas=num_replicas, dtype_policy=dtype_policy)

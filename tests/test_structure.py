@@ -1,0 +1,111 @@
+"""The package's layers point one way (README "Layout"): checked on every import, lazy ones too."""
+import ast
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = os.path.join(REPO, "efficientnet_tf")
+
+# Lowest first. A module may import its own layer and the layers below it.
+LAYERS = {
+    "basics": {"constants", "spec", "scaling", "config"},
+    "data": {"data"},
+    "model": {"layers", "model", "weights", "profile", "imagenet", "ema", "factory"},
+    "products": {"export"},
+    "orchestration": {"train"},
+    "entry points": {"demo"},
+}
+ORDER = list(LAYERS)
+PURE = {"constants", "spec", "scaling", "config"}  # no TensorFlow / Keras at import time
+FLAG_FILES = {"train/main.py", "export/__main__.py", "data/convert.py", "train/__main__.py"}
+
+
+def _layer(top: str) -> str:
+    return next(name for name, tops in LAYERS.items() if top in tops)
+
+
+def _modules():
+    for root, _, files in os.walk(PKG):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(root, f)
+                yield os.path.relpath(path, PKG).replace(os.sep, "/"), path
+
+
+def _imports(path):
+    """(imported module, lineno, at module level?) for every import in the file."""
+    tree = ast.parse(open(path).read())
+    top_level = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            yield name, node.lineno, id(node) in top_level
+
+
+def _top(rel: str) -> str:
+    first = rel.split("/")[0]
+    return first[:-3] if first.endswith(".py") else first
+
+
+def test_every_module_has_a_layer():
+    tops = {_top(rel) for rel, _ in _modules()} - {"__init__"}
+    known = set().union(*LAYERS.values())
+    assert tops <= known, f"put {sorted(tops - known)} in a layer of tests/test_structure.py"
+
+
+def test_imports_point_down():
+    wrong = []
+    for rel, path in _modules():
+        top = _top(rel)
+        if top == "__init__":
+            continue
+        mine = ORDER.index(_layer(top))
+        for name, line, _ in _imports(path):
+            parts = name.split(".")
+            if parts[0] != "efficientnet_tf" or len(parts) < 2 or parts[1] not in set().union(
+                    *LAYERS.values()):
+                continue
+            if ORDER.index(_layer(parts[1])) > mine:
+                wrong.append(f"{rel}:{line} imports {name} ({_layer(parts[1])} is above "
+                             f"{_layer(top)})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_export_never_imports_train():
+    hits = [f"{rel}:{line} {name}" for rel, path in _modules() if rel.startswith("export/")
+            for name, line, _ in _imports(path) if name.startswith("efficientnet_tf.train")]
+    assert not hits, hits
+
+
+def test_basics_import_no_tensorflow_at_module_level():
+    hits = [f"{rel}:{line} {name}" for rel, path in _modules() if _top(rel) in PURE
+            for name, line, top_level in _imports(path)
+            if top_level and name.split(".")[0] in ("tensorflow", "keras")]
+    assert not hits, hits
+
+
+def test_only_entry_points_touch_absl_flags():
+    hits = [f"{rel}:{line}" for rel, path in _modules() if rel not in FLAG_FILES
+            for name, line, _ in _imports(path) if name in ("absl.flags", "absl.app")]
+    assert not hits, hits
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("from efficientnet_tf.train import loop\n", "above"),
+])
+def test_the_check_catches_an_upward_import(tmp_path, bad, expected, monkeypatch):
+    """The import check is not vacuous: an export module importing train/ is reported."""
+    fake = tmp_path / "export"
+    fake.mkdir()
+    (fake / "x.py").write_text(bad)
+    monkeypatch.setattr(__import__(__name__), "PKG", str(tmp_path))
+    with pytest.raises(AssertionError, match=expected):
+        test_imports_point_down()
+    with pytest.raises(AssertionError, match="efficientnet_tf.train"):
+        test_export_never_imports_train()
