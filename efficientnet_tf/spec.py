@@ -33,9 +33,11 @@ B0_BLOCKS: tuple[BlockSpec, ...] = (
 class Variant:
     """A scaled member of the family: width, depth, default resolution, head dropout.
 
-    params (keras.applications' count with the 1000-class top) and macs (the paper's
-    multiply-adds, 2 significant digits) are the reference numbers the tests check; None
-    where no reference has published one.
+    Reference numbers the tests check (None where there is none): params, the count with the
+    1000-class top as keras.applications counts it (BN statistics and the Normalization layer
+    included; for variants keras lacks, derived from the reference's builder rules, whose
+    trainable part matches timm's published counts); macs, the paper's multiply-adds (2
+    significant digits).
     """
 
     name: str
@@ -80,6 +82,9 @@ for _v in (
     Variant("b5", 1.6, 2.2, 456, 0.4, params=30_562_527, macs=9.9e9),
     Variant("b6", 1.8, 2.6, 528, 0.5, params=43_265_143, macs=19e9),
     Variant("b7", 2.0, 3.1, 600, 0.5, params=66_658_687, macs=37e9),
+    # AdvProp's B8 and NoisyStudent's L2 (docs/reference.md "Variant table").
+    Variant("b8", 2.2, 3.6, 672, 0.5, params=87_793_181),
+    Variant("l2", 4.3, 5.3, 800, 0.5, params=481_400_003),
 ):
     register_variant(_v)
 

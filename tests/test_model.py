@@ -17,12 +17,66 @@ def tiny(**kw):
     return en.EfficientNet(0.25, 0.34, 32, **kw)
 
 
+def reference_param_count(variant, classes=1000, bn_statistics=True) -> int:
+    """Parameters by the TPU reference's builder rules alone (no Keras model): stem, every MBConv
+    block (expand, depthwise, SE with biases, project, each conv followed by BN), head, dense.
+    bn_statistics counts BN moving mean/variance and the 7 Normalization numbers, as Keras does."""
+    from efficientnet_tf.scaling import round_filters, round_repeats
+
+    w, d = variant.width_coefficient, variant.depth_coefficient
+    per_bn = 4 if bn_statistics else 2
+    stem = round_filters(32, w)
+    n = 3 * 3 * 3 * stem + per_bn * stem
+    for b in variant.blocks:
+        f_in, f_out = round_filters(b.filters_in, w), round_filters(b.filters_out, w)
+        for j in range(round_repeats(b.repeats, d)):
+            cin = f_in if j == 0 else f_out
+            exp = cin * b.expand_ratio
+            if b.expand_ratio != 1:
+                n += cin * exp + per_bn * exp
+            n += b.kernel_size ** 2 * exp + per_bn * exp
+            se = max(1, int(cin * b.se_ratio))
+            n += exp * se + se + se * exp + exp
+            n += exp * f_out + per_bn * f_out
+    head = round_filters(1280, w)
+    n += f_out * head + per_bn * head + head * classes + classes
+    return n + (7 if bn_statistics else 0)
+
+
+def test_reference_param_counts_from_the_builder_rules():
+    """The rule-based count equals keras.applications' for B0-B7, and its trainable part equals
+    timm's published counts for B8 and L2 (tf_efficientnet_b8 87.41M, tf_efficientnet_l2
+    480.31M, timm's results tables); so the registry's B8/L2 numbers are the reference's."""
+    for key, variant in en.VARIANTS.items():
+        if key in ("b8", "l2") or variant.params is None:
+            continue
+        assert reference_param_count(variant) == variant.params, key
+    for key, millions in (("b8", 87.41), ("l2", 480.31)):
+        variant = en.VARIANTS[key]
+        assert round(reference_param_count(variant, bn_statistics=False) / 1e6, 2) == millions
+        assert reference_param_count(variant) == variant.params, key
+
+
+BIG = 200_000_000  # built in the slow test only (L2: 481M parameters, ~2 GB)
+
+
 def test_param_counts_and_macs_match_reference_for_all_variants():
     """Every registered variant against its reference numbers (spec.Variant.params: the count of
-    keras.applications 3.15 with weights=None and top; .macs: the paper's, 2 significant digits;
-    docs/reference.md "Variant table")."""
+    keras.applications 3.15 with weights=None and top, or the builder rules' for B8/L2; .macs:
+    the paper's, 2 significant digits; docs/reference.md "Variant table")."""
+    _check_variants(lambda v: (v.params or 0) < BIG)
+
+
+@pytest.mark.slow
+def test_param_counts_of_the_largest_variants():
+    _check_variants(lambda v: (v.params or 0) >= BIG, minimum=1)
+
+
+def _check_variants(select, minimum=9):
     checked = 0
     for key, variant in en.VARIANTS.items():
+        if not select(variant):
+            continue
         model = getattr(en, variant.constructor_name)()
         assert model is not None and variant.constructor_name == f"EfficientNet{key.upper()}"
         prof = en.model_profile(model)
@@ -33,7 +87,7 @@ def test_param_counts_and_macs_match_reference_for_all_variants():
         if variant.macs is not None:
             assert prof["macs"] == pytest.approx(variant.macs, rel=0.06), key
         keras.backend.clear_session()
-    assert checked >= 8  # b0..b7 at least
+    assert checked >= minimum  # b0..b8 in the fast set
 
 
 def test_a_variant_is_one_registry_entry():
