@@ -291,6 +291,10 @@ def test_imagenet_for_custom_scaling_is_rejected():
     with pytest.raises(ValueError, match="only for the published variants"):
         en.EfficientNet(0.25, 0.34, 32, include_top=False, input_shape=(32, 32, 3),
                         weights="imagenet")
+    # keras.applications has no B8 / L2 files: refused before anything is built.
+    for ctor, key in ((en.EfficientNetB8, "b8"), (en.EfficientNetL2, "l2")):
+        with pytest.raises(ValueError, match=f"only for the published variants b0, .*not for {key}"):
+            ctor(weights="imagenet")
 
 
 # ----------------------------------------------------------------------------- download
@@ -530,9 +534,11 @@ def test_format_registry_order_and_errors(files, toy_format, tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\0" * 64)
     with pytest.raises(ValueError, match=r"Known formats: keras \(.*\); legacy_h5 \(.*\); "
-                                         r"keras_weights_h5 \(.*\); toy_npz \(.*\)\."):
+                                         r"keras_weights_h5 \(.*\); tf1_checkpoint \(.*\); "
+                                         r"toy_npz \(.*\)\."):
         W.load_weights(_tiny(), junk)
-    assert [f.name for f in W.formats()] == ["keras", "legacy_h5", "keras_weights_h5", "toy_npz"]
+    assert [f.name for f in W.formats()] == ["keras", "legacy_h5", "keras_weights_h5",
+                                             "tf1_checkpoint", "toy_npz"]
     with pytest.raises(ValueError, match="already registered"):
         W.register_format(toy_format)
     with pytest.raises(ValueError, match="No weights format named 'nope'"):

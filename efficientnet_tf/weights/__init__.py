@@ -1,7 +1,8 @@
 """weights=None | "imagenet" | path: argument checks, downloading and loading.
 
 A path is read by the first registered WeightFormat whose `sniff` accepts it (built in: Keras 3
-.keras archives, keras.applications' legacy .h5 files, Keras 3 .weights.h5; keras_formats.py).
+.keras archives, keras.applications' legacy .h5 files, Keras 3 .weights.h5 (keras_formats.py);
+the TPU reference's TF1 checkpoints, EMA shadows by default (tf1_checkpoint.py)).
 Its `read` gives FileLayers under the file's names, its `map_names` turns those into our layer
 names (keras.applications'), and only that mapped result reaches the matcher (load.py): a new
 format is one `register_format(WeightFormat(name, sniff, read, map_names))` call.
@@ -19,6 +20,7 @@ effectively computes (x/255 - mean) / std. When a file's variance equals those s
 as it is (what keras weights=None + load_weights does).
 """
 from efficientnet_tf.weights import keras_formats  # noqa: F401  (registers the built-ins)
+from efficientnet_tf.weights import tf1_checkpoint  # noqa: F401  (the TPU reference's checkpoints)
 from efficientnet_tf.weights.download import (
     BASE_WEIGHTS_URL,
     CACHE_ENV,

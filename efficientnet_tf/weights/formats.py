@@ -23,6 +23,7 @@ class FileLayer:
     key: str | None = None  # the file's own object key, if any (Keras 3: "conv2d_3")
     is_normalization: bool = False  # matched to our Normalization layer by type, not name
     stored_name: str | None = None  # the file's name, when map_names changed it
+    ema: bool | None = None  # the weights are EMA shadows (None: the format has no EMA)
 
 
 def keep_names(file_layers, model) -> list:
@@ -43,6 +44,7 @@ class WeightFormat:
     read: Callable[[str], list]
     map_names: Callable[[list, object], list] = keep_names
     description: str = ""
+    ema_aware: bool = False  # read(path, use_ema=...) picks EMA shadows or raw weights
 
 
 _FORMATS: list[WeightFormat] = []  # sniffed in this order: the first match wins
@@ -90,10 +92,12 @@ def read_weights_file(path) -> tuple[str, list[FileLayer]]:
     return fmt.name, fmt.read(os.fspath(path))
 
 
-def read_for_model(path, model) -> tuple[WeightFormat, list[FileLayer]]:
-    """Finds the file's format, reads it and maps its names to `model`'s layer names."""
+def read_for_model(path, model, use_ema: bool = True) -> tuple[WeightFormat, list[FileLayer]]:
+    """Finds the file's format, reads it and maps its names to `model`'s layer names.
+    use_ema: EMA shadows where the format has them (else the raw weights)."""
     fmt = find_format(path)
-    file_layers = fmt.read(os.fspath(path))
+    file_layers = (fmt.read(os.fspath(path), use_ema=use_ema) if fmt.ema_aware
+                   else fmt.read(os.fspath(path)))
     names = list(fmt.map_names(file_layers, model))
     if len(names) != len(file_layers):
         raise ValueError(f"Weights format {fmt.name!r}: map_names gave {len(names)} names "

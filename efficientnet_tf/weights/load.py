@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from efficientnet_tf.constants import IMAGENET_STD
-from efficientnet_tf.weights.download import fetch_weights
+from efficientnet_tf.weights.download import WEIGHTS_HASHES, fetch_weights
 from efficientnet_tf.weights.formats import FileLayer, basename, is_norm_layer, read_for_model
 
 HEAD_LAYERS = ("predictions",)  # weighted layers that exist only with include_top=True
@@ -19,24 +19,25 @@ _UNSET = object()
 
 
 def check_weights_argument(weights, include_top: bool, classes: int, variant=_UNSET) -> None:
-    """Checks `weights` before the model is built. `variant` (b0..b7 or None) if known."""
+    """Checks `weights` before the model is built. `variant` (a registry key or None) if known."""
     if weights is None:
         return
     if isinstance(weights, str) and weights == "imagenet":
-        if variant is None:
+        if variant is None or (variant is not _UNSET and variant not in WEIGHTS_HASHES):
             raise ValueError(
-                "weights='imagenet' exists only for the published variants b0..b7 "
-                "(EfficientNetB0..EfficientNetB7); a custom scaling has no ImageNet weights. "
+                f"weights='imagenet' (keras.applications' files) exists only for the published "
+                f"variants {', '.join(WEIGHTS_HASHES)}, not for {variant or 'a custom scaling'}. "
                 "Use weights=None or the path to a weights file made for this architecture.")
         if include_top and classes != 1000:
             raise ValueError(
                 f"weights='imagenet' with include_top=True needs classes=1000 (got {classes}). "
                 "For another number of classes use include_top=False and add your own head.")
         return
-    if not isinstance(weights, (str, os.PathLike)) or not os.path.exists(weights):
+    if not isinstance(weights, (str, os.PathLike)) or not (
+            os.path.exists(weights) or os.path.exists(os.fspath(weights) + ".index")):
         raise ValueError(
-            f"weights must be None, 'imagenet' or the path to a weights file; {weights!r} "
-            "is none of these (file not found).")
+            f"weights must be None, 'imagenet', the path to a weights file or a TF1 checkpoint "
+            f"(prefix or directory); {weights!r} is none of these (file not found).")
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class LoadReport:
     layers_loaded: int
     skipped: list  # file layers not loaded (the classifier head into an include_top=False model)
     imagenet_variance_fixed: bool  # std-as-variance file: variance set to std**2
+    ema: bool | None = None  # EMA shadows loaded (None: the format has no EMA)
 
 
 def _layer_vars(layer) -> list:
@@ -63,19 +65,21 @@ def _shown(fl: FileLayer) -> str:
 
 
 def load_weights(model, weights, variant=None, include_top=True, *, base_url=None,
-                 cache_dir=None) -> LoadReport:
-    """Loads `weights` ("imagenet" or a path) into `model`, all or nothing."""
+                 cache_dir=None, use_ema: bool = True) -> LoadReport:
+    """Loads `weights` ("imagenet" or a path) into `model`, all or nothing.
+    use_ema=False loads a checkpoint's raw weights instead of its EMA shadows."""
     if isinstance(weights, str) and weights == "imagenet":
         check_weights_argument(weights, include_top, 1000, variant=variant)
         path = fetch_weights(variant, include_top, base_url=base_url, cache_dir=cache_dir)
     else:
         check_weights_argument(weights, include_top, 1000)
         path = os.fspath(weights)
-    fmt, file_layers = read_for_model(path, model)
+    fmt, file_layers = read_for_model(path, model, use_ema)
     plan, loaded, skipped, fixed = _match(model, file_layers, path)
     for var, value in plan:  # everything checked: now assign
         var.assign(np.asarray(value).astype(var.dtype))
-    return LoadReport(fmt.name, loaded, skipped, fixed)
+    flags = {fl.ema for fl in file_layers if fl.ema is not None}
+    return LoadReport(fmt.name, loaded, skipped, fixed, ema=(flags == {True}) if flags else None)
 
 
 def _match(model, file_layers, path):
