@@ -7,6 +7,7 @@ The names below are loaded on first use, so `import efficientnet_tf.config` (or 
 constants) does not import TensorFlow or Keras.
 """
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,8 @@ def __getattr__(name):
     if module is None and name.startswith("EfficientNet") and name in _constructor_names():
         module = "efficientnet_tf.model"  # EfficientNetB0 ... : one per registered variant
     if module is None:
+        if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'efficientnet_tf' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

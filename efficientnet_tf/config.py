@@ -12,8 +12,10 @@ are an error that names the key, the file and the nearest valid keys.
 Values derived from another value unless a recipe sets them:
   data.image_size, model.dropout_rate  <- the variant (registry in spec.py; phi: compound scaling)
   data.seed                            <- seed (one seed seeds the model and the data)
-They are filled in when the config is made, so config.yaml records what ran. Overriding the
-source (model.model_name, seed, ...) moves the derived values that still held the old default.
+They are filled in when the config is made, so config.yaml records what ran. apply_overrides
+moves the derived values that still held their source's value when the source (model.model_name,
+seed, ...) is overridden; dataclasses.replace does not (it keeps what was filled in). A seeded run
+always seeds its data: data.seed=none refills from seed.
 
 Recipes ship inside the package (efficientnet_tf/configs/, also reachable as the top-level
 configs/ of a source checkout). `efficientnet-<variant>` names the ImageNet recipe
@@ -274,9 +276,14 @@ class TrainConfig:
         if self.model.dropout_rate is None:
             object.__setattr__(self, "model", dataclasses.replace(
                 self.model, dropout_rate=derived["model.dropout_rate"]))
-        if self.data.deterministic and self.data.seed is None:
-            _fail("data.deterministic=true is not reproducible without a seed: set seed (it seeds "
-                  "the model and the data) or data.seed.")
+
+
+def check_for_training(config: TrainConfig) -> None:
+    """The checks a training job makes before it starts (reading a finished run's config.yaml,
+    e.g. to export it, does not need them)."""
+    if config.data.deterministic and config.data.seed is None:
+        _fail("data.deterministic=true is not reproducible without a seed: set seed (it seeds "
+              "the model and the data) or data.seed.")
 
 
 def _derived_values(model: ModelConfig, seed: int | None) -> dict:
@@ -478,7 +485,7 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
         key = key.strip()
         if not sep or not key:
             _fail(f"Override {item!r} must look like key=value, e.g. optimizer.lr=0.1.")
-        key = _ALIASES.get(key, key)
+        spelled, key = key, _ALIASES.get(key, key)
         parts = key.split(".")
         if len(parts) > 2:
             _fail(f"Override key {key!r} has too many dots; use section.field or field.")
@@ -502,13 +509,13 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
         except yaml.YAMLError:
             parsed = raw
         parsed = parsed if not isinstance(parsed, (dict, list)) else raw
-        if key in set_keys and set_keys[key] != parsed:
-            older = [k for k, v in _ALIASES.items() if v == key]
-            _fail(f"Overrides give {key} two values that differ, {set_keys[key]!r} and "
-                  f"{parsed!r}{' (' + ', '.join(older) + ' is an older name for it)' if older else ''}"
-                  "; give it once.")
+        # The last override of a key wins (flags first, then --override); an older name and
+        # the current one that disagree are refused.
+        if key in set_keys and set_keys[key][0] != spelled and set_keys[key][1] != parsed:
+            _fail(f"Overrides give {key} two values that differ: {set_keys[key][1]!r} (as "
+                  f"{set_keys[key][0]}) and {parsed!r} (as {spelled}); give it once.")
         target[field] = parsed
-        set_keys[key] = parsed
+        set_keys[key] = (spelled, parsed)
     old = _derived_values(config.model, config.seed)
     for key, sources in _DERIVED_FROM.items():
         section, field = key.split(".")

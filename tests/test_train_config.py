@@ -117,6 +117,8 @@ def test_overrides_convert_types():
     assert c.data.num_classes == 10 and not hasattr(c.model, "num_classes")
     with pytest.raises(ValueError, match="differ"):
         cfg.apply_overrides(base, ["model.num_classes=10", "data.num_classes=5"])
+    # Flags come first, then --override: the last value of a key wins.
+    assert cfg.apply_overrides(base, ["train_steps=100", "train_steps=200"]).train_steps == 200
     assert cfg.apply_overrides(base, []) == base
 
 
@@ -205,9 +207,11 @@ def test_derived_values_come_from_their_source():
     c = cfg.apply_overrides(b0, ["seed=7", "data.seed=3"])
     assert (c.seed, c.data.seed) == (7, 3)
     assert cfg.load_config("fashion_mnist").data.seed == cfg.load_config("fashion_mnist").seed == 1
+    unseeded = cfg.apply_overrides(b0, ["data.deterministic=true"])  # a config.yaml may say so
     with pytest.raises(ValueError, match="not reproducible without a seed"):
-        cfg.apply_overrides(b0, ["data.deterministic=true"])
-    assert cfg.apply_overrides(b0, ["data.deterministic=true", "seed=1"]).data.seed == 1
+        cfg.check_for_training(unseeded)  # but no training job starts from it
+    seeded = cfg.apply_overrides(b0, ["data.deterministic=true", "seed=1"])
+    assert seeded.data.seed == 1 and cfg.check_for_training(seeded) is None
 
 
 def test_config_yaml_of_an_older_run_still_loads(tmp_path):
@@ -244,3 +248,13 @@ def test_wheel_ships_the_recipes(tmp_path):
     names = zipfile.ZipFile(tmp_path / "dist" / wheel).namelist()
     for n in ["imagenet", "fashion_mnist", "fashion_mnist_long"]:
         assert f"efficientnet_tf/configs/{n}.yaml" in names
+
+
+def test_old_module_name_still_works_and_warns():
+    import importlib
+    import sys
+
+    sys.modules.pop("efficientnet_tf.train.config", None)
+    with pytest.warns(DeprecationWarning, match="moved to efficientnet_tf.config"):
+        old = importlib.import_module("efficientnet_tf.train.config")
+    assert old.load_config is cfg.load_config and old.DataSection is cfg.DataConfig

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 
-import tensorflow as tf
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -46,6 +45,8 @@ def run() -> str:
         raise ValueError("--model_dir and --export_dir are both required.")
     config = None
     if FLAGS.image_size:  # the model is rebuilt at the new size (the weights do not depend on it)
+        import tensorflow as tf
+
         from efficientnet_tf import config as cfglib
 
         path = os.path.join(FLAGS.model_dir, "config.yaml")
@@ -84,7 +85,8 @@ def run() -> str:
                                      "TFRecords, and the config has none.")
                 data = tflite.tfrecord_calibration_images(
                     data_dir, size, int(loaded.model.outputs[0].shape[-1]),
-                    FLAGS.tflite_calibration_images, crop_padding=crop, resize_method=resize)
+                    FLAGS.tflite_calibration_images, crop_padding=crop, resize_method=resize,
+                    data_config=config.data)
             # Beside the versions, not inside: TF Serving's version dirs hold only the SavedModel.
             name = f"{os.path.basename(path)}_{kind}.tflite"
             out = tflite.export_tflite(loaded.model, os.path.join(FLAGS.export_dir, "tflite", name),

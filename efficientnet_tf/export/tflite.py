@@ -31,13 +31,19 @@ def tflite_available() -> bool:
 def tfrecord_calibration_images(data_dir: str, image_size: int, num_classes: int,
                                 num_images: int = 64, split: str = "validation",
                                 crop_padding: int = DEFAULT_CROP_PADDING,
-                                resize_method: str = "bicubic_tf1") -> Callable[[], Iterable]:
-    """Representative data set: eval-preprocessed images from TFRecords via the data pipeline."""
+                                resize_method: str = "bicubic_tf1",
+                                data_config=None) -> Callable[[], Iterable]:
+    """Representative data set: eval-preprocessed images from TFRecords via the data pipeline.
+    data_config: the run's DataConfig (file patterns, label_offset), else the defaults."""
+    import dataclasses
+
     from efficientnet_tf.data import pipeline
 
-    config = pipeline.DataConfig(data_dir=data_dir, image_size=image_size,
+    base = data_config or pipeline.DataConfig()
+    config = dataclasses.replace(base, data_dir=data_dir, image_size=image_size,
                                  num_classes=num_classes, crop_padding=crop_padding,
-                                 resize_method=resize_method, deterministic=True)
+                                 resize_method=resize_method, deterministic=True, synthetic=False,
+                                 cache=False)
 
     def gen():
         ds = pipeline.build_dataset(config, split, 1, repeat=False).take(num_images)

@@ -67,7 +67,9 @@ def resolve_config(argv_flags) -> "object":
             overrides.append(f"{key}={value}")
     if argv_flags.use_synthetic_data:
         overrides.append("data.synthetic=true")
-    return cfglib.apply_overrides(config, overrides + list(argv_flags.override))
+    config = cfglib.apply_overrides(config, overrides + list(argv_flags.override))
+    cfglib.check_for_training(config)
+    return config
 
 
 def main(argv):

@@ -15,6 +15,8 @@ import math
 import keras
 import tensorflow as tf
 
+from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables  # noqa: F401  (moved)
+
 _PACKAGE = "efficientnet_tf"
 
 

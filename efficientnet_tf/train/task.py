@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from efficientnet_tf import factory
-from efficientnet_tf.config import TrainConfig
+from efficientnet_tf.config import TrainConfig, check_for_training
 from efficientnet_tf.data import pipeline
 from efficientnet_tf.train import optim
 
@@ -28,6 +28,7 @@ class ClassificationTask:
 
     def __init__(self, config: TrainConfig, train_dataset_fn=None,
                  num_train_examples: int | None = None):
+        check_for_training(config)
         self.config = config
         self._custom_dataset_fn = train_dataset_fn
         self._num_train_examples = num_train_examples
