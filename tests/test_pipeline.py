@@ -1,5 +1,6 @@
 """tf.data pipeline on real converted data: shapes, dtypes, order, sharding, tfds, strategies."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -128,8 +129,12 @@ def test_input_context_gives_per_replica_batches_and_disjoint_file_shards(fm_dir
     np.testing.assert_allclose(sorted(seen[0] + seen[1]), everything)
 
 
-def test_wrong_label_offset_is_reported(fm_dir):
-    ds = build_dataset(_config(fm_dir, label_offset=0), "eval", 96)
+def test_wrong_label_offset_is_reported(fm_dir, tmp_path):
+    # Records without the converter's dataset_info.json: the labels themselves are checked.
+    bare = tmp_path / "bare"
+    shutil.copytree(fm_dir, bare)
+    os.remove(bare / "dataset_info.json")
+    ds = build_dataset(_config(str(bare), label_offset=0), "eval", 96)
     with pytest.raises(tf.errors.InvalidArgumentError, match="label_offset"):
         for _ in ds:
             pass

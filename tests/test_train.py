@@ -190,7 +190,7 @@ def test_batch_and_tf_config_errors_say_what_to_change():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model_name=efficientnet-b9"], "Did you mean efficientnet-b7"),
+    (["--model_name=efficientnet-b9"], "Did you mean efficientnet-b8"),
     (["--config=efficientnet-b0", "--use_synthetic_data", "--override=model.model_name=efficientnet-b9"],
      "Unknown EfficientNet variant"),
     (["--config=fashion_mnist", "--data_dir={tmp}/empty"], "train-*"),
