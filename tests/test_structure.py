@@ -1,6 +1,7 @@
 """The package's layers point one way (README "Layout"): checked on every import, lazy ones too."""
 import ast
 import os
+import sys
 
 import pytest
 
@@ -104,7 +105,7 @@ def test_the_check_catches_an_upward_import(tmp_path, bad, expected, monkeypatch
     fake = tmp_path / "export"
     fake.mkdir()
     (fake / "x.py").write_text(bad)
-    monkeypatch.setattr(__import__(__name__), "PKG", str(tmp_path))
+    monkeypatch.setattr(sys.modules[__name__], "PKG", str(tmp_path))
     with pytest.raises(AssertionError, match=expected):
         test_imports_point_down()
     with pytest.raises(AssertionError, match="efficientnet_tf.train"):
