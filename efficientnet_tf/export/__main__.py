@@ -45,15 +45,9 @@ def run() -> str:
         raise ValueError("--model_dir and --export_dir are both required.")
     config = None
     if FLAGS.image_size:  # the model is rebuilt at the new size (the weights do not depend on it)
-        import tensorflow as tf
-
         from efficientnet_tf import config as cfglib
 
-        path = os.path.join(FLAGS.model_dir, "config.yaml")
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"{path} not found: --model_dir must be a training job's "
-                                    "model_dir.")
-        config = cfglib.apply_overrides(cfglib.load_config(path),
+        config = cfglib.apply_overrides(ckptlib.read_run_config(FLAGS.model_dir),
                                         [f"data.image_size={FLAGS.image_size}"])
     loaded = ckptlib.load_model_for_export(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.use_ema,
                                            config=config)

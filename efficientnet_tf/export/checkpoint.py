@@ -54,6 +54,15 @@ def checkpoint_step(path: str, keys: set[str]) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def read_run_config(model_dir: str) -> cfglib.TrainConfig:
+    """The TrainConfig a training job wrote to model_dir/config.yaml."""
+    path = os.path.join(model_dir, "config.yaml")
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: --model_dir must be a training job's "
+                                "model_dir (it writes config.yaml next to the checkpoints).")
+    return cfglib.load_config(path)
+
+
 def load_model_for_export(model_dir: str, checkpoint: str | None = None, use_ema: bool = True,
                           config=None, ema_factory: Callable | None = None,
                           build_model: Callable | None = None) -> LoadedModel:
@@ -66,11 +75,7 @@ def load_model_for_export(model_dir: str, checkpoint: str | None = None, use_ema
     The model is built in float32 whatever mixed-precision policy training used.
     """
     if config is None:
-        path = os.path.join(model_dir, "config.yaml")
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"{path} not found: --model_dir must be a training job's "
-                                    "model_dir (it writes config.yaml next to the checkpoints).")
-        config = cfglib.load_config(path)
+        config = read_run_config(model_dir)
     ckpt_path = checkpoint or tf.train.latest_checkpoint(model_dir)
     if not ckpt_path:
         raise FileNotFoundError(f"No checkpoint in {model_dir} (no 'checkpoint' file listing "
