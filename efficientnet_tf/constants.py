@@ -19,3 +19,13 @@ IMAGE_DTYPES = ("uint8", "float32", "bfloat16")
 
 # Augmentation policies of the input pipeline (None: crop and flip only).
 AUGMENT_NAMES = ("autoaugment", "randaugment")
+
+# Input normalization inside the model, for pixels in [0, 255] scaled to [0, 1]: name ->
+# (mean, std) per channel. "imagenet": the reference's and keras.applications' (default);
+# "advprop": x / 127.5 - 1, what the AdvProp checkpoints were trained on; "lite": (x - 127) / 128,
+# the EfficientNet-Lite builders'. None (no entry): the inputs come normalized already.
+NORMALIZATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "advprop": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "lite": ((127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3),
+}

@@ -51,6 +51,7 @@ def build_model(model_config: ModelConfig, image_size: int, num_classes: int, *,
             bn_group_size=None if m.synchronized_bn else m.resolved_bn_group_size(num_replicas),
             input_shape=(image_size, image_size, 3), classes=num_classes,
             classifier_activation=classifier_activation, weights=weights,
+            normalization=m.normalization,
             variant=variant.name if variant else None,
             name=m.model_name.replace("-", "") if m.model_name else None)
 

@@ -8,6 +8,7 @@ from keras import layers
 
 from efficientnet_tf import layers as enl
 from efficientnet_tf import weights as wts
+from efficientnet_tf.constants import NORMALIZATIONS
 from efficientnet_tf.scaling import compound_scaling, round_filters, round_repeats
 from efficientnet_tf.spec import B0_BLOCKS, VARIANTS, BlockSpec
 
@@ -82,6 +83,8 @@ def EfficientNet(
     classifier_activation="softmax",
     name: str | None = None,
     variant: str | None = None,
+    normalization: str | None = "auto",
+    weights_hash: str | None = None,
 ) -> keras.Model:
     """Builds an EfficientNet.  Inputs are float pixels in [0, 255]; normalization is inside.
 
@@ -92,6 +95,12 @@ def EfficientNet(
     BatchNormalization); bn_group_size=k pools them over groups of k consecutive replicas, as
     the TPU reference does on slices of more than 8 cores (groups of max(8, n // 8)); the default
     keeps them per replica, as the reference on <= 8 cores.
+    normalization: "imagenet" (mean/std of ImageNet), "advprop" (x / 127.5 - 1), "lite"
+    ((x - 127) / 128) or None (inputs come normalized: no rescaling either). "auto" (default):
+    what named weights were trained with (weights="advprop" -> "advprop"), else "imagenet".
+    A weights file that stores its normalization (keras.applications' files, ours) brings it
+    along, as in Keras; a TF1 checkpoint stores none, so this option is what applies.
+    weights_hash: md5 or sha256 hex the downloaded file (or checkpoint archive) must have.
     """
     if phi is not None:
         if width_coefficient is not None or depth_coefficient is not None:
@@ -109,6 +118,19 @@ def EfficientNet(
     if stem_strides not in (1, 2):
         raise ValueError(f"stem_strides must be 1 or 2, got {stem_strides}.")
     wts.check_weights_argument(weights, include_top, classes, variant=variant)
+    named = wts.published_settings(weights, variant)
+    if normalization == "auto":
+        normalization = named.normalization if named else "imagenet"
+    elif named and normalization != named.normalization:
+        raise ValueError(
+            f"weights={weights!r} were trained with normalization={named.normalization!r}; "
+            f"normalization={normalization!r} would feed them wrongly scaled inputs. Leave "
+            "normalization at its default ('auto').")
+    if normalization is not None and normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, None or "
+                         f"'auto', got {normalization!r}.")
+    if named and named.image_size and input_shape is None:
+        default_size = named.image_size
     input_shape = _check_input_shape(input_shape, default_size, include_top, stem_strides)
     init = enl.ConvKernelInitializer(truncated_init)
 
@@ -119,8 +141,11 @@ def EfficientNet(
     else:
         img_input = input_tensor
 
-    x = layers.Rescaling(1.0 / 255.0, name="rescaling")(img_input)
-    x = enl.Normalize(name="normalization")(x)
+    x = img_input
+    if normalization is not None:
+        mean, std = NORMALIZATIONS[normalization]
+        x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
+        x = enl.Normalize(mean, tuple(s * s for s in std), name="normalization")(x)
     x = layers.Conv2D(round_filters(32, width_coefficient), 3, strides=stem_strides, padding="same",
                       use_bias=False, kernel_initializer=init, name="stem_conv")(x)
     x = enl.batch_norm("stem_bn", bn_momentum, bn_epsilon, synchronized_bn, bn_group_size)(x)
@@ -152,7 +177,8 @@ def EfficientNet(
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     model = keras.Model(inputs, x, name=name or "efficientnet")
     if weights is not None:
-        wts.load_weights(model, weights, variant=variant, include_top=include_top)
+        wts.load_weights(model, weights, variant=variant, include_top=include_top,
+                         file_hash=weights_hash)
     return model
 
 

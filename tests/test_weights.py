@@ -5,10 +5,8 @@ load_weights, or its weights="imagenet" code path with the download pointed at t
 """
 import contextlib
 import hashlib
-import http.server
 import os
 import shutil
-import threading
 
 import h5py
 import keras
@@ -20,6 +18,7 @@ from keras.src.legacy.saving import legacy_h5_format
 
 import efficientnet_tf as en
 from efficientnet_tf import weights as W
+from loopback import Server
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -299,41 +298,9 @@ def test_imagenet_for_custom_scaling_is_rejected():
 
 # ----------------------------------------------------------------------------- download
 
-class _Server:
-    """A loopback HTTP server (threaded, port 0) serving {path: bytes}; counts requests."""
-
-    def __init__(self, files):
-        self.files, self.requests = files, []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append(self.path)
-                body = outer.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/weights/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    s = _Server({})
+    s = Server({})
     yield s
     s.close()
 
@@ -372,7 +339,7 @@ def test_hash_mismatch_leaves_nothing_in_cache(server, tmp_path):
 
 
 def test_offline_message_says_how_to_pass_a_local_file(tmp_path):
-    dead = _Server({})
+    dead = Server({})
     url = dead.url
     dead.close()  # nothing listens on that port any more
     with pytest.raises(W.WeightsDownloadError) as err:
@@ -506,7 +473,9 @@ def test_a_new_format_plugs_in_through_the_registry(toy_format, tmp_path):
     dst = _tiny()
     report = W.load_weights(dst, path)
     weighted = [l for l in dst.layers if l.weights]
-    assert report == W.LoadReport("toy_npz", len(weighted), [], True)
+    # The mean is random, so the normalization is reported as "custom".
+    assert report == W.LoadReport("toy_npz", len(weighted), [], True, normalization="custom",
+                                  path=path)
     for a, b in zip(dst.weights, src.weights):
         want = np.square(IMAGENET_STD) if a.path == "normalization/variance" else b.numpy()
         np.testing.assert_allclose(a.numpy(), want, rtol=1e-6, err_msg=a.path)

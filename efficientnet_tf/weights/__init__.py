@@ -1,4 +1,9 @@
-"""weights=None | "imagenet" | path: argument checks, downloading and loading.
+"""weights=None | "imagenet" | a published set ("advprop", ...) | path: checks, download, loading.
+
+"imagenet" is keras.applications' files (download.py); the TPU reference's published
+checkpoints are named sets (published.py: "baseline", "autoaugment", "randaugment",
+"advprop", "noisy-student", "noisy-student-475"), downloaded as archives and read as TF1
+checkpoints.
 
 A path is read by the first registered WeightFormat whose `sniff` accepts it (built in: Keras 3
 .keras archives, keras.applications' legacy .h5 files, Keras 3 .weights.h5 (keras_formats.py);
@@ -51,4 +56,21 @@ from efficientnet_tf.weights.load import (
     LoadReport,
     check_weights_argument,
     load_weights,
+    model_normalization,
 )
+from efficientnet_tf.weights.published import (
+    CHECKPOINTS_URL,
+    CHECKPOINTS_URL_ENV,
+    WeightSet,
+    fetch_checkpoint,
+    get_weight_set,
+    register_weight_set,
+    safe_extract,
+    verify_checkpoint,
+    weight_sets,
+)
+
+
+def published_settings(weights, variant=None):
+    """The WeightSet `weights` names (its normalization and image_size), or None."""
+    return get_weight_set(weights)

@@ -1,4 +1,4 @@
-"""keras.applications' ImageNet weights files: URLs, hashes, the local cache and the download."""
+"""Downloads into the local cache, and keras.applications' ImageNet weights files (URLs, hashes)."""
 from __future__ import annotations
 
 import hashlib
@@ -89,6 +89,18 @@ def fetch_weights(variant: str, include_top: bool = True, *, base_url: str | Non
             return path
         warnings.warn(f"Cached {path} does not have the expected hash {expected}; "
                       "downloading it again.", stacklevel=2)
+    make_cache_dir(cache)
+
+    hint = (f"If this machine is offline, get that file on a machine with internet access "
+            f"({url}, hash {expected}) and pass its path instead: EfficientNet{variant.upper()}("
+            f"include_top={include_top}, weights=\"/path/to/{name}\"); or copy it to {path} (it "
+            f"is checked against the hash), or point ${URL_ENV} at a mirror.")
+    download(url, path, file_hash=expected, timeout=timeout,
+             what=f"the EfficientNet-{variant.upper()} ImageNet weights", offline_hint=hint)
+    return path
+
+
+def make_cache_dir(cache: str) -> None:
     try:
         os.makedirs(cache, exist_ok=True)
     except OSError as e:
@@ -96,34 +108,40 @@ def fetch_weights(variant: str, include_top: bool = True, *, base_url: str | Non
             f"Cannot create the weights cache directory {cache} ({e}). Set ${CACHE_ENV} "
             "to a writable directory.") from e
 
-    fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".part", dir=cache)
+
+def download(url: str, path: str, *, file_hash: str | None = None, timeout: float = 60.0,
+             what: str = "the weights", offline_hint: str = "") -> str:
+    """Downloads `url` to `path`: into a `.part` file beside it, checked against `file_hash`
+    (md5 or sha256 hex; None: no check) and only then renamed to `path` (atomic on one
+    filesystem), so `path` is never a partial file. Returns the file's sha256 hex digest."""
+    expected = file_hash.lower() if file_hash else None
+    if expected:
+        _hasher(expected)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part",
+                               dir=os.path.dirname(path) or ".")
     try:
-        h = _hasher(expected)
+        h, sha256 = (_hasher(expected) if expected else None), hashlib.sha256()
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    h.update(chunk)
+                    if h is not None:
+                        h.update(chunk)
+                    sha256.update(chunk)
                     out.write(chunk)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
             raise WeightsDownloadError(
-                f"Could not download the EfficientNet-{variant.upper()} ImageNet weights from "
-                f"{url}: {reason}.\nIf this machine is offline, get that file on a machine "
-                f"with internet access ({url}, hash {expected}) "
-                f"and pass its path instead: EfficientNet{variant.upper()}("
-                f"include_top={include_top}, weights=\"/path/to/{name}\"); or copy it to "
-                f"{path} (it is checked against the hash), or point ${URL_ENV} at a mirror."
-            ) from e
-        got = h.hexdigest()
-        if got != expected:
+                f"Could not download {what} from {url}: {reason}.\n{offline_hint}") from e
+        got = h.hexdigest() if h is not None else None
+        if expected and got != expected:
             raise WeightsHashError(
                 f"Downloaded {url} has hash {got} but {expected} was expected; the file was "
                 "discarded (corrupt download or wrong mirror). Try again, or download it "
-                f"yourself and pass weights=\"/path/to/{name}\".")
+                "yourself and pass its path.")
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; keras' cache files are world-readable
         os.replace(tmp, path)
         tmp = None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-    return path
+    return sha256.hexdigest()

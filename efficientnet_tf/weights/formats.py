@@ -45,6 +45,7 @@ class WeightFormat:
     map_names: Callable[[list, object], list] = keep_names
     description: str = ""
     ema_aware: bool = False  # read(path, use_ema=...) picks EMA shadows or raw weights
+    stores_normalization: bool = True  # False: the model keeps its own input normalization
 
 
 _FORMATS: list[WeightFormat] = []  # sniffed in this order: the first match wins

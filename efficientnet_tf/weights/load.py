@@ -10,9 +10,15 @@ import os
 
 import numpy as np
 
-from efficientnet_tf.constants import IMAGENET_STD
+from efficientnet_tf.constants import IMAGENET_STD, NORMALIZATIONS
 from efficientnet_tf.weights.download import WEIGHTS_HASHES, fetch_weights
 from efficientnet_tf.weights.formats import FileLayer, basename, is_norm_layer, read_for_model
+from efficientnet_tf.weights.published import (
+    check_weight_set,
+    fetch_checkpoint,
+    get_weight_set,
+    weight_sets,
+)
 
 HEAD_LAYERS = ("predictions",)  # weighted layers that exist only with include_top=True
 _UNSET = object()
@@ -33,11 +39,16 @@ def check_weights_argument(weights, include_top: bool, classes: int, variant=_UN
                 f"weights='imagenet' with include_top=True needs classes=1000 (got {classes}). "
                 "For another number of classes use include_top=False and add your own head.")
         return
+    ws = get_weight_set(weights)
+    if ws is not None:
+        check_weight_set(ws, None if variant is _UNSET else variant, include_top, classes)
+        return
     if not isinstance(weights, (str, os.PathLike)) or not (
             os.path.exists(weights) or os.path.exists(os.fspath(weights) + ".index")):
         raise ValueError(
-            f"weights must be None, 'imagenet', the path to a weights file or a TF1 checkpoint "
-            f"(prefix or directory); {weights!r} is none of these (file not found).")
+            f"weights must be None, 'imagenet', a published set ({', '.join(weight_sets())}), "
+            f"the path to a weights file or a TF1 checkpoint (prefix or directory); {weights!r} "
+            "is none of these (file not found).")
 
 
 @dataclasses.dataclass
@@ -47,6 +58,10 @@ class LoadReport:
     skipped: list  # file layers not loaded (the classifier head into an include_top=False model)
     imagenet_variance_fixed: bool  # std-as-variance file: variance set to std**2
     ema: bool | None = None  # EMA shadows loaded (None: the format has no EMA)
+    # The model's input normalization after loading: a constants.NORMALIZATIONS name, "custom"
+    # (other statistics) or None (the model has no normalization layer).
+    normalization: str | None = None
+    path: str = ""  # the file or checkpoint read (the cached copy for downloaded weights)
 
 
 def _layer_vars(layer) -> list:
@@ -65,26 +80,49 @@ def _shown(fl: FileLayer) -> str:
 
 
 def load_weights(model, weights, variant=None, include_top=True, *, base_url=None,
-                 cache_dir=None, use_ema: bool = True) -> LoadReport:
-    """Loads `weights` ("imagenet" or a path) into `model`, all or nothing.
-    use_ema=False loads a checkpoint's raw weights instead of its EMA shadows."""
+                 cache_dir=None, use_ema: bool = True, file_hash=None) -> LoadReport:
+    """Loads `weights` ("imagenet", a published set's name or a path) into `model`, all or
+    nothing. use_ema=False loads a checkpoint's raw weights instead of its EMA shadows.
+    base_url: a mirror; file_hash: the hash the downloaded file (md5/sha256) or archive
+    (sha256) must have."""
     if isinstance(weights, str) and weights == "imagenet":
         check_weights_argument(weights, include_top, 1000, variant=variant)
-        path = fetch_weights(variant, include_top, base_url=base_url, cache_dir=cache_dir)
+        path = fetch_weights(variant, include_top, base_url=base_url, cache_dir=cache_dir,
+                             file_hash=file_hash)
+    elif get_weight_set(weights) is not None:
+        check_weights_argument(weights, include_top, 1000, variant=variant)
+        path = fetch_checkpoint(weights, variant, base_url=base_url, cache_dir=cache_dir,
+                                file_hash=file_hash)
     else:
         check_weights_argument(weights, include_top, 1000)
         path = os.fspath(weights)
     fmt, file_layers = read_for_model(path, model, use_ema)
-    plan, loaded, skipped, fixed = _match(model, file_layers, path)
+    plan, loaded, skipped, fixed = _match(model, file_layers, path, fmt.stores_normalization)
     for var, value in plan:  # everything checked: now assign
         var.assign(np.asarray(value).astype(var.dtype))
     flags = {fl.ema for fl in file_layers if fl.ema is not None}
-    return LoadReport(fmt.name, loaded, skipped, fixed, ema=(flags == {True}) if flags else None)
+    return LoadReport(fmt.name, loaded, skipped, fixed, ema=(flags == {True}) if flags else None,
+                      normalization=model_normalization(model), path=path)
 
 
-def _match(model, file_layers, path):
+def model_normalization(model) -> str | None:
+    """The name of the input normalization `model` applies (constants.NORMALIZATIONS), "custom"
+    for other statistics, None without a normalization layer."""
+    layer = next((la for la in model.layers if is_norm_layer(la)), None)
+    if layer is None:
+        return None
+    mean = np.asarray(layer.mean, np.float64).reshape(-1)
+    std = np.sqrt(np.asarray(layer.variance, np.float64).reshape(-1))
+    for name, (m, s) in NORMALIZATIONS.items():
+        if np.allclose(mean, m, rtol=0, atol=1e-6) and np.allclose(std, s, rtol=0, atol=1e-6):
+            return name
+    return "custom"
+
+
+def _match(model, file_layers, path, stores_normalization=True):
     """[(variable, value)] for every weighted layer of `model`, or ValueError. Format-neutral:
-    file_layers carry our layer names already."""
+    file_layers carry our layer names already. A format that stores no normalization (TF1
+    checkpoints) leaves the model's own; a model without one skips the file's."""
     norms = [fl for fl in file_layers if fl.is_normalization]
     if len(norms) > 1:
         raise ValueError(f"{path} has {len(norms)} normalization layers "
@@ -98,6 +136,8 @@ def _match(model, file_layers, path):
             continue
         if is_norm_layer(layer):
             fl = norms[0] if norms else None
+            if fl is None and not stores_normalization:
+                continue
         else:
             fl = by_name.get(layer.name)
         expected = ", ".join(f"{v.path} {_fmt(v.shape)}" for v in lvars)
@@ -138,6 +178,9 @@ def _match(model, file_layers, path):
             continue
         if fl.name in HEAD_LAYERS and not any(layer.name == fl.name for layer in model.layers):
             skipped.append(fl.name)  # a top file into an include_top=False model, as Keras
+            continue
+        if fl.is_normalization:
+            skipped.append(fl.name)  # the model takes normalized inputs (normalization=None)
             continue
         raise ValueError(
             f"Weights file {path} has layer {_shown(fl)} with weights that this model "

@@ -14,9 +14,9 @@ a `checkpoint` file. Variable names (docs/reference.md "Published checkpoints"):
 Block N is the N-th MBConv block in build order: the mapping is derived from the model, not a
 table. Each variable may have a `/ExponentialMovingAverage` shadow (BN statistics too); the
 shadows are read by default, as the reference's evaluation restores them. Optimizer slots
-(`/RMSProp`, `/RMSProp_1`), `global_step` and anything else are ignored. The reference
-normalizes inside its model function with ImageNet's mean and std, which is what our
-Normalize layer gets here.
+(`/RMSProp`, `/RMSProp_1`), `global_step` and anything else are ignored. The checkpoints hold
+no input normalization (the reference normalizes outside its network: ImageNet mean/std, or
+x / 127.5 - 1 for AdvProp), so the model's own `normalization` option applies.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import re
 
 import numpy as np
 
-from efficientnet_tf.constants import IMAGENET_MEAN, IMAGENET_STD
 from efficientnet_tf.weights.formats import FileLayer, WeightFormat, register_format
 
 EMA = "ExponentialMovingAverage"
@@ -114,11 +113,6 @@ def read(path: str, use_ema: bool = True) -> list:
     if not out:
         raise ValueError(f"{prefix} holds no EfficientNet variables (expected names such as "
                          "efficientnet-b0/stem/conv2d/kernel).")
-    variance = tuple(s * s for s in IMAGENET_STD)
-    out.append(FileLayer("normalization", [
-        ("mean", np.asarray(IMAGENET_MEAN, np.float32)),
-        ("variance", np.asarray(variance, np.float32)), ("count", np.asarray(0, np.int64))],
-        is_normalization=True))
     return out
 
 
@@ -156,4 +150,4 @@ def map_names(file_layers, model) -> list:
 register_format(WeightFormat(
     "tf1_checkpoint", sniff, read, map_names,
     "a TPU-reference TF1 checkpoint: a model.ckpt[-N] prefix or a directory with a "
-    "'checkpoint' file", ema_aware=True))
+    "'checkpoint' file", ema_aware=True, stores_normalization=False))
