@@ -97,6 +97,19 @@ def test_named_weights_download_verify_cache_and_match_the_reference(archives, s
                                              normalization="advprop"), "advprop", variant="b0")
     assert len(server.requests) == 1 and again.ema is True and again.skipped == ["predictions"]
     assert again.path == str(folder / "efficientnet-b0" / "model.ckpt-1234")
+    with pytest.raises(W.WeightsHashError):  # the constructor's pin: not the cached archive's
+        en.EfficientNetB0(weights="advprop", include_top=False, input_shape=(SIZE, SIZE, 3),
+                          weights_hash="0" * 64)
+
+
+def test_training_configs_carry_the_normalization():
+    from efficientnet_tf.config import ModelConfig
+    from efficientnet_tf.factory import build_model
+
+    m = ModelConfig(width_coefficient=0.1, depth_coefficient=0.1, normalization="advprop")
+    assert W.model_normalization(build_model(m, 32, 3)) == "advprop"
+    with pytest.raises(ValueError, match="model.normalization must be one of"):
+        ModelConfig(normalization="inception")
 
 
 def _features(model, images):
