@@ -190,3 +190,15 @@ def test_safe_extract_bounds_the_size(tmp_path):
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
     W.safe_extract(str(archive), str(tmp_path / "out"))
     assert (tmp_path / "out" / "ckpt" / "model.ckpt.data-00000-of-00001").read_bytes() == b"0" * 100
+
+
+def test_offline_message_says_how_to_get_the_archive(tmp_path):
+    dead = Server({})
+    url = dead.url
+    dead.close()  # nothing listens there any more
+    with pytest.raises(W.WeightsDownloadError) as err:
+        W.fetch_checkpoint("noisy-student", "b3", base_url=url, cache_dir=str(tmp_path))
+    msg = str(err.value)
+    assert url + "noisystudent/noisy_student_efficientnet-b3.tar.gz" in msg
+    assert "pass the checkpoint directory as weights=" in msg and W.CHECKPOINTS_URL_ENV in msg
+    assert os.listdir(tmp_path / "efficientnet_tf" / "noisy-student") == []
