@@ -257,3 +257,25 @@ def test_export_after_a_bfloat16_run_computes_in_float32_and_leaves_no_global_st
     served = tf.saved_model.load(path).signatures["serving_float"](images=images)
     float32 = tf.nn.softmax(loaded.model(images, training=False))
     np.testing.assert_allclose(served["probabilities"].numpy(), float32.numpy(), atol=1e-6)
+
+
+def test_every_file_of_a_run_goes_through_gfile_to_ram_and_none_is_written_locally(tmp_path):
+    """ram:// stands in for gs://: a file opened with open()/os would land in a local 'ram:'."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    job = os.path.join(os.path.dirname(__file__), "ram_job.py")
+    proc = subprocess.run([sys.executable, job], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    files = set(out["files"])
+    model = "ram://job/model"
+    for name in ("config.yaml", "history.jsonl", "training_curves.png", "checkpoint",
+                 "ckpt-4.index", "eval/results.jsonl", "best/best.json", "best/ckpt-4.index"):
+        assert f"{model}/{name}" in files, sorted(files)
+    assert any(f.startswith(f"{model}/train/events.out.tfevents") for f in files)
+    assert "ram://job/export/1/saved_model.pb" in files
+    assert not [f for f in files if ".tmp" in f], sorted(files)  # temporaries renamed away
+    assert out["best"]["checkpoint"] == f"{model}/best/ckpt-4"
+    assert out["class_name"].startswith("class")  # labels.txt read from ram://job/data
+    assert list(cwd.iterdir()) == []

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf import fileio
 from efficientnet_tf.ema import ExponentialMovingAverage
 from efficientnet_tf.train.strategy import per_replica_batch_size
 from efficientnet_tf.train.task import ClassificationTask
@@ -42,7 +43,7 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.log = log
         self.jit_compile = jit_compile
-        os.makedirs(model_dir, exist_ok=True)
+        tf.io.gfile.makedirs(model_dir)
         self.global_batch = config.train_batch_size
         self.per_replica = per_replica_batch_size(self.global_batch, self.strategy)
         per_replica_batch_size(config.eval_batch_size, self.strategy)
@@ -180,7 +181,7 @@ class Trainer:
                         tf.summary.scalar(f"eval/{key}", value)
             self._progress(rec, start_step, total_steps, t_start)
             if history_path:
-                _append_jsonl(history_path, rec)
+                fileio.append_line(history_path, json.dumps(rec))
         writer.flush()
         return {"step": step}
 
@@ -224,8 +225,3 @@ def _is_chief(strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def _append_jsonl(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
