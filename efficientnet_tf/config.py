@@ -188,8 +188,11 @@ class DataConfig:
     tfds_eval_split: str = "validation"
     tfds_image_key: str = "image"
     tfds_label_key: str = "label"
+    max_bad_fraction: float = 0.001  # undecodable training images skipped; stop above this fraction
 
     def __post_init__(self):
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            _fail(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}.")
         if (self.image_size is not None and self.image_size < 1) or self.num_classes < 1:
             _fail("data.image_size and data.num_classes must be >= 1.")
         if self.augment_name not in (None, *constants.AUGMENT_NAMES):
@@ -261,6 +264,8 @@ class TrainConfig:
     use_bfloat16: bool = False  # bfloat16 activations; float32 variables, logits and loss
     seed: int | None = None  # seeds the model's initialization and, unless data.seed, the data
     resume_data: str = "reseed"  # after a restart: reseed the input stream | skip (replay) | restart
+    on_nonfinite: str = "stop"  # NaN/Inf loss: stop | restore (the last good checkpoint, go on)
+    max_nonfinite_restores: int = 3  # on_nonfinite=restore: then stop
 
     def __post_init__(self):
         if self.train_batch_size < 1 or self.eval_batch_size < 1:
@@ -273,6 +278,9 @@ class TrainConfig:
             _fail("steps_per_execution and keep_checkpoints must be >= 1.")
         if self.resume_data not in RESUME_DATA:
             _fail(f"resume_data must be one of {', '.join(RESUME_DATA)}, got {self.resume_data!r}.")
+        if self.on_nonfinite not in ("stop", "restore") or self.max_nonfinite_restores < 0:
+            _fail(f"on_nonfinite must be stop or restore (max_nonfinite_restores >= 0), got "
+                  f"{self.on_nonfinite!r} / {self.max_nonfinite_restores}.")
         derived = _derived_values(self.model, self.seed)
         data = {k: v for k, v in derived.items()
                 if k.startswith("data.") and getattr(self.data, k[5:]) is None}

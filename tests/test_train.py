@@ -205,3 +205,77 @@ def test_entry_point_stops_at_start_up_with_a_clear_message(tmp_path, args, mess
                           text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error:" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+
+
+
+def _bfloat16_nodes(graph_def):
+    """Names of the nodes (functions included) that compute in or output bfloat16."""
+    bf16 = tf.bfloat16.as_datatype_enum
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return [n.name for n in nodes for a in n.attr.values()
+            if a.type == bf16 or bf16 in a.list.type]
+
+
+def test_export_after_a_bfloat16_run_computes_in_float32_and_leaves_no_global_state(tmp_path):
+    import random
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from efficientnet_tf.export import export_saved_model, load_model_for_export
+    from efficientnet_tf.train.loop import Trainer
+
+    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
+        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+        "data.image_size=16", "train_batch_size=4", "eval_batch_size=4", "train_steps=1",
+        "use_bfloat16=true", "steps_per_execution=1", "seed=1"])
+    # Draws from every global generator, without and then with a seeded Trainer in between.
+    def draws():
+        return (random.random(), np.random.rand(), float(tf.random.uniform([])),
+                float(keras.random.uniform([])))
+
+    keras.utils.set_random_seed(5)
+    expected = draws()
+    keras.utils.set_random_seed(5)
+    trainer = Trainer(config, str(tmp_path / "m"), num_train_examples=16, log=lambda *_: None)
+    assert draws() == expected  # the trainer's seed=1 did not leak out
+    assert keras.config.dtype_policy().name == "float32"
+    trainer.train()
+    cfglib.save_config(config, str(tmp_path / "m"))
+    spec = tf.TensorSpec([1, 16, 16, 3], tf.float32)
+    trained = tf.function(lambda x: trainer.model(x, training=False)).get_concrete_function(spec)
+    assert _bfloat16_nodes(trained.graph.as_graph_def())  # the check sees bfloat16 when present
+
+    loaded = load_model_for_export(str(tmp_path / "m"))
+    path = export_saved_model(loaded.model, str(tmp_path / "export"), outputs_are_logits=True)
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    graph = proto.meta_graphs[0].graph_def
+    assert len(graph.library.function) > 3
+    assert _bfloat16_nodes(graph) == []
+    images = tf.random.stateless_uniform([1, 16, 16, 3], [1, 2], 0, 255)
+    served = tf.saved_model.load(path).signatures["serving_float"](images=images)
+    float32 = tf.nn.softmax(loaded.model(images, training=False))
+    np.testing.assert_allclose(served["probabilities"].numpy(), float32.numpy(), atol=1e-6)
+
+
+def test_every_file_of_a_run_goes_through_gfile_to_ram_and_none_is_written_locally(tmp_path):
+    """ram:// stands in for gs://: a file opened with open()/os would land in a local 'ram:'."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    job = os.path.join(os.path.dirname(__file__), "ram_job.py")
+    proc = subprocess.run([sys.executable, job], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    files = set(out["files"])
+    model = "ram://job/model"
+    for name in ("config.yaml", "history.jsonl", "training_curves.png", "checkpoint",
+                 "ckpt-4.index", "eval/results.jsonl", "best/best.json", "best/ckpt-4.index"):
+        assert f"{model}/{name}" in files, sorted(files)
+    assert any(f.startswith(f"{model}/train/events.out.tfevents") for f in files)
+    assert "ram://job/export/1/saved_model.pb" in files
+    assert not [f for f in files if ".tmp" in f], sorted(files)  # temporaries renamed away
+    assert out["best"]["checkpoint"] == f"{model}/best/ckpt-4"
+    assert out["class_name"].startswith("class")  # labels.txt read from ram://job/data
+    assert list(cwd.iterdir()) == []

@@ -60,8 +60,10 @@ def run() -> str:
     labels = None
     if FLAGS.label_names:
         labels = ckptlib.read_label_names(FLAGS.label_names)
-    elif data_dir and "://" not in data_dir and not data_dir.startswith("tfds:"):
-        labels = ckptlib.read_label_names(data_dir) if os.path.isdir(data_dir) else None
+    elif data_dir and not data_dir.startswith("tfds:"):
+        import tensorflow as tf
+
+        labels = ckptlib.read_label_names(data_dir) if tf.io.gfile.isdir(data_dir) else None
     path = export_saved_model(loaded.model, FLAGS.export_dir, image_size=size, crop_padding=crop,
                               resize_method=resize, top_k=FLAGS.top_k, label_names=labels,
                               version=FLAGS.version, outputs_are_logits=None,

@@ -44,7 +44,7 @@ def _default_ema_factory(model, config):
 
 def checkpoint_step(path: str, keys: set[str]) -> int | None:
     """The training step of a checkpoint: the optimizer's iteration counter, else ckpt-<N>."""
-    reader = tf.train.load_checkpoint(path)
+    reader = _reader(path)
     for key in ("optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE",
                 "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
                 "step/.ATTRIBUTES/VARIABLE_VALUE"):
@@ -52,6 +52,12 @@ def checkpoint_step(path: str, keys: set[str]) -> int | None:
             return int(reader.get_tensor(key))
     m = re.search(r"-(\d+)$", path)
     return int(m.group(1)) if m else None
+
+
+def _reader(prefix: str):
+    """A reader of the checkpoint at prefix. tf.train.load_checkpoint asks isdir(prefix) first,
+    which ram:// answers yes for any prefix of a file name; this opens the prefix as given."""
+    return tf.compat.v1.train.NewCheckpointReader(prefix)
 
 
 def read_run_config(model_dir: str) -> cfglib.TrainConfig:
@@ -81,7 +87,7 @@ def load_model_for_export(model_dir: str, checkpoint: str | None = None, use_ema
         raise FileNotFoundError(f"No checkpoint in {model_dir} (no 'checkpoint' file listing "
                                 "ckpt-N): train first, or pass --checkpoint=<path/ckpt-N>.")
     model = (build_model or factory.build_model_from_config)(config)
-    keys = {name for name, _ in tf.train.list_variables(ckpt_path)}
+    keys = set(_reader(ckpt_path).get_variable_to_shape_map())
     has_ema = any(k.startswith("ema/") for k in keys)
     objects = {"model": model}
     ema = None

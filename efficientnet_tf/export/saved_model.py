@@ -16,13 +16,13 @@ import dataclasses
 import inspect
 import os
 import re
-import shutil
 import time
 from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
+from efficientnet_tf import fileio
 from efficientnet_tf.constants import DEFAULT_CROP_PADDING, RESIZE_METHODS
 from efficientnet_tf.data import preprocessing
 
@@ -218,20 +218,22 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
     module = ServingModule(model, image_size, crop_padding, resize_method, top_k, label_names,
                            outputs_are_logits)
     tf.io.gfile.makedirs(export_dir)
-    if "://" in export_dir:  # object stores have no atomic directory rename
+    if fileio.is_remote(export_dir):
+        # Object stores have no atomic directory rename (on gs:// it copies object by object):
+        # saved in place; TensorFlow writes saved_model.pb after the variables.
         if tf.io.gfile.exists(final):
             tf.io.gfile.rmtree(final)
         tf.saved_model.save(module, final, signatures=module.signatures())
         return final
     tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
     try:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        if tf.io.gfile.exists(final):
+            tf.io.gfile.rmtree(final)
+        tf.io.gfile.rename(tmp, final)
     finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
     return final

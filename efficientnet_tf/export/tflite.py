@@ -8,13 +8,13 @@ Uses tf.lite.TFLiteConverter, which TF 2.21 still ships (ai-edge-litert is its s
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf import fileio
 from efficientnet_tf.constants import DEFAULT_CROP_PADDING
 from efficientnet_tf.export.saved_model import (ServingModule, model_image_size,
                                                 model_outputs_logits, signature)
@@ -108,13 +108,7 @@ def export_tflite(model: keras.Model, path: str, *, quantization: str = "float32
         converter.representative_dataset = _as_generator(representative_data, size)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     flatbuffer = converter.convert()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(flatbuffer)
-    os.replace(tmp, path)
-    return path
+    return fileio.write_file(path, flatbuffer)
 
 
 def run_tflite(path: str, images: np.ndarray) -> np.ndarray:

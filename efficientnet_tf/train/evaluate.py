@@ -1,11 +1,13 @@
 """Continuous evaluation of new checkpoints, the best checkpoint, and the training-curve PNG."""
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 
 import tensorflow as tf
+
+from efficientnet_tf import fileio
 
 
 def continuous_eval(trainer, timeout: float = 3600, min_interval_secs: float = 0) -> dict | None:
@@ -15,9 +17,9 @@ def continuous_eval(trainer, timeout: float = 3600, min_interval_secs: float = 0
     model_dir/best/ and described in model_dir/best/best.json. Returns the best record.
     """
     model_dir = trainer.model_dir
-    best = _read_json(os.path.join(model_dir, "best", "best.json"))
+    best = fileio.read_json(os.path.join(model_dir, "best", "best.json"))
     results_path = os.path.join(model_dir, "eval", "results.jsonl")
-    os.makedirs(os.path.dirname(results_path), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.dirname(results_path))
     for path in tf.train.checkpoints_iterator(model_dir, min_interval_secs=min_interval_secs,
                                               timeout=timeout):
         try:
@@ -28,8 +30,7 @@ def continuous_eval(trainer, timeout: float = 3600, min_interval_secs: float = 0
             continue
         step = int(trainer.optimizer.iterations.numpy())
         result = {"checkpoint": path, "step": step, **trainer.evaluate()}
-        with open(results_path, "a") as f:
-            f.write(json.dumps(result) + "\n")
+        fileio.append_line(results_path, json.dumps(result))
         trainer.log(f"eval step {step}: top-1 {result['top1']:.4f} top-5 {result['top5']:.4f}")
         if best is None or result["top1"] > best["top1"]:
             best = _save_best(model_dir, path, result)
@@ -39,49 +40,38 @@ def continuous_eval(trainer, timeout: float = 3600, min_interval_secs: float = 0
 
 
 def _save_best(model_dir, path, result):
+    """Copies checkpoint `path` into model_dir/best/ and points best/best.json at it.
+
+    No directory is renamed (object stores cannot do it atomically): the new checkpoint's files
+    are copied in first, best.json is replaced atomically (fileio.write_file) last, then the
+    previous best's files are deleted. A crash at any point leaves best.json naming a complete
+    checkpoint; leftovers of an interrupted copy are deleted by the next save.
+    """
     best_dir = os.path.join(model_dir, "best")
-    tmp = best_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    prefix = os.path.basename(path)
-    for name in tf.io.gfile.listdir(os.path.dirname(path) or "."):
+    tf.io.gfile.makedirs(best_dir)
+    src_dir, prefix = os.path.dirname(path) or ".", os.path.basename(path)
+    for name in tf.io.gfile.listdir(src_dir):
         if name.startswith(prefix + "."):
-            tf.io.gfile.copy(os.path.join(os.path.dirname(path), name), os.path.join(tmp, name))
+            tf.io.gfile.copy(os.path.join(src_dir, name), os.path.join(best_dir, name),
+                             overwrite=True)
     record = {**result, "checkpoint": os.path.join(best_dir, prefix)}
-    with open(os.path.join(tmp, "best.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    # Swap in the new best with renames so a crash leaves either the old or the new one.
-    old = best_dir + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(best_dir):
-        os.rename(best_dir, old)
-    os.rename(tmp, best_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    fileio.write_file(os.path.join(best_dir, "best.json"), json.dumps(record, indent=2))
+    for name in tf.io.gfile.listdir(best_dir):
+        if name != "best.json" and not name.startswith(prefix + "."):
+            tf.io.gfile.remove(os.path.join(best_dir, name))
     return record
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def plot_history(model_dir: str, out_name: str = "training_curves.png") -> str | None:
     """Plots loss, accuracy and lr from model_dir/history.jsonl into a PNG; returns its path."""
-    path = os.path.join(model_dir, "history.jsonl")
-    if not os.path.exists(path):
+    recs = fileio.read_jsonl(os.path.join(model_dir, "history.jsonl"))
+    if not recs:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(path) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
-    if not recs:
-        return None
     epochs = [r["epoch"] for r in recs]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epochs, [r["loss"] for r in recs], label="train")
@@ -100,9 +90,7 @@ def plot_history(model_dir: str, out_name: str = "training_curves.png") -> str |
     axes[0].legend()
     axes[1].legend()
     fig.tight_layout()
-    out = os.path.join(model_dir, out_name)
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return fileio.write_file(os.path.join(model_dir, out_name), buf.getvalue())

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf import fileio
 from efficientnet_tf.ema import ExponentialMovingAverage
 from efficientnet_tf.train.strategy import per_replica_batch_size
 from efficientnet_tf.train.task import ClassificationTask
@@ -42,7 +43,7 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.log = log
         self.jit_compile = jit_compile
-        os.makedirs(model_dir, exist_ok=True)
+        tf.io.gfile.makedirs(model_dir)
         self.global_batch = config.train_batch_size
         self.per_replica = per_replica_batch_size(self.global_batch, self.strategy)
         per_replica_batch_size(config.eval_batch_size, self.strategy)
@@ -102,11 +103,16 @@ class Trainer:
         def train_loop(iterator, steps):
             total_ce = tf.constant(0.0)
             total_correct = tf.constant(0.0)
+            done = tf.constant(0)
             for _ in tf.range(steps):
                 ce, correct = self.strategy.run(step_fn, args=next(iterator))
-                total_ce += self.strategy.reduce("SUM", ce, axis=None)
+                ce = self.strategy.reduce("SUM", ce, axis=None)
+                total_ce += ce
                 total_correct += self.strategy.reduce("SUM", correct, axis=None)
-            return total_ce, total_correct
+                done += 1
+                if not tf.math.is_finite(ce):  # stop at the bad step (same on every replica)
+                    break
+            return total_ce, total_correct, done
 
         return train_loop
 
@@ -148,7 +154,9 @@ class Trainer:
         history_path = os.path.join(self.model_dir, "history.jsonl") if self.is_chief else None
         spe = max(1, cfg.steps_per_execution)
         ckpt_every = cfg.checkpoint_every_steps or self.steps_per_epoch
-        last_ckpt = step
+        last_ckpt, restores = step, 0
+        if cfg.on_nonfinite == "restore" and not self.manager.latest_checkpoint:
+            self._save(step)  # something to go back to
         start_step, t_start = step, time.perf_counter()
         self.log(f"Training {self.model.name}: steps {step} -> {total_steps} "
                  f"({self.steps_per_epoch} per epoch), global batch {self.global_batch} on "
@@ -156,8 +164,8 @@ class Trainer:
         while step < total_steps:
             n = min(spe, total_steps - step)
             t0 = time.perf_counter()
-            ce, correct = self._train_loop(iterator, tf.constant(n))
-            ce, correct = float(ce), float(correct)
+            ce, correct, n = self._train_loop(iterator, tf.constant(n))
+            ce, correct, n = float(ce), float(correct), int(n)
             dt = time.perf_counter() - t0
             step = int(self.optimizer.iterations.numpy())
             images = n * self.global_batch
@@ -165,13 +173,14 @@ class Trainer:
                    "loss": ce / images, "accuracy": correct / images,
                    "lr": float(self.lr_schedule(step)), "images_per_s": images / dt}
             if not math.isfinite(rec["loss"]):
-                raise FloatingPointError(f"Loss is {rec['loss']} at step {step}: lower the "
-                                         "learning rate or check the input data.")
+                restores += 1
+                step = last_ckpt = self._after_nonfinite(rec, restores)
+                continue
             with writer.as_default(step=step):
                 for key in ("loss", "accuracy", "lr", "images_per_s"):
                     tf.summary.scalar(f"train/{key}", rec[key])
             if step - last_ckpt >= ckpt_every or step >= total_steps:
-                self.manager.save(checkpoint_number=step)
+                self._save(step)
                 last_ckpt = step
             if eval_every_steps and (step % eval_every_steps < n or step >= total_steps):
                 rec["eval"] = self.evaluate()
@@ -180,9 +189,41 @@ class Trainer:
                         tf.summary.scalar(f"eval/{key}", value)
             self._progress(rec, start_step, total_steps, t_start)
             if history_path:
-                _append_jsonl(history_path, rec)
+                fileio.append_line(history_path, json.dumps(rec))
         writer.flush()
         return {"step": step}
+
+    def _save(self, step: int) -> None:
+        """Saves a checkpoint, unless the weights hold NaN/Inf (which the next loss would show)."""
+        if not bool(self._weights_are_finite()):
+            raise FloatingPointError(
+                f"Non-finite weights at step {step} (the last update overflowed); not saved. "
+                f"The latest checkpoint stays {self.manager.latest_checkpoint}.")
+        self.manager.save(checkpoint_number=step)
+
+    @tf.function
+    def _weights_are_finite(self):
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.model.weights
+                              if tf.as_dtype(v.dtype).is_floating])
+
+    def _after_nonfinite(self, rec, restores: int) -> int:
+        """Stops (on_nonfinite=stop, or too many restores) or restores the last good checkpoint
+        and returns its step; the batches already drawn are not replayed."""
+        cfg, latest = self.config, self.manager.latest_checkpoint
+        lr = float(self.lr_schedule(rec["step"] - 1))  # the rate the bad step used
+        what = f"Loss is {rec['loss']} at step {rec['step']} (learning rate {lr:.6g})"
+        if cfg.on_nonfinite == "restore" and latest and restores <= cfg.max_nonfinite_restores:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            step = int(self.optimizer.iterations.numpy())
+            self.log(f"{what}: restored {latest} (step {step}), restore {restores} of "
+                     f"{cfg.max_nonfinite_restores}; continuing with the next batches.")
+            return step
+        kept = f"the latest checkpoint stays {latest}" if latest else "no checkpoint was saved"
+        tried = (f" after {restores - 1} restore(s) (max_nonfinite_restores="
+                 f"{cfg.max_nonfinite_restores})" if cfg.on_nonfinite == "restore" else "")
+        raise FloatingPointError(
+            f"{what}{tried}; stopped without saving, {kept}. Lower the learning rate or check "
+            "the input data; on_nonfinite=restore goes back to the last good checkpoint instead.")
 
     def _progress(self, rec, start_step, total_steps, t_start):
         done = rec["step"] - start_step
@@ -224,8 +265,3 @@ def _is_chief(strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def _append_jsonl(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")

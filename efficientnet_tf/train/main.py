@@ -79,6 +79,9 @@ def main(argv):
     except ValueError as e:
         print(f"efficientnet_tf.train: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # non-finite loss: the message says what was kept
+        print(f"efficientnet_tf.train: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run():

@@ -16,6 +16,7 @@ from efficientnet_tf import factory
 from efficientnet_tf.config import TrainConfig, check_for_training
 from efficientnet_tf.data import pipeline
 from efficientnet_tf.train import optim
+from efficientnet_tf.train.seeds import seed_scope
 
 
 class ClassificationTask:
@@ -40,10 +41,10 @@ class ClassificationTask:
     # ---------------------------------------------------------------- model and optimizer
     def build_model(self, num_replicas: int = 1) -> keras.Model:
         """The model (logits), under the config's precision; call inside strategy.scope()."""
-        if self.config.seed is not None:
-            keras.utils.set_random_seed(self.config.seed)
         policy = "mixed_bfloat16" if self.config.use_bfloat16 else None
-        return factory.build_model_from_config(self.config, num_replicas, dtype_policy=policy)
+        # The seed and the policy hold only while the model is built: nothing global survives.
+        with seed_scope(self.config.seed):
+            return factory.build_model_from_config(self.config, num_replicas, dtype_policy=policy)
 
     def create_optimizer(self, global_batch: int, steps_per_epoch: float, total_steps: int):
         """(optimizer, learning-rate schedule). steps_per_epoch unfloored, as the reference's

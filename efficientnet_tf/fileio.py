@@ -1,0 +1,79 @@
+"""Files under model_dir / export_dir, on any filesystem tf.io.gfile knows (local, gs://, ram://).
+
+Crash safety: write_file writes a temporary file and renames it over the target, so a reader
+sees the old or the new content, never half of it. On gs:// rename is a copy plus a delete,
+but an object appears only when its upload completes, so there the file is written in place
+(the same guarantee). Directory renames are not atomic on object stores (and TensorFlow's
+ram:// loses the children), so nothing here renames a directory on a remote filesystem.
+TensorFlow is imported lazily: this module sits with config.py below everything else.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+ATOMIC_OBJECT_WRITES = ("gs://",)  # object stores: a write is all-or-nothing at close
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def write_file(path: str, data: str | bytes) -> str:
+    """Writes data to path atomically (temp file + rename; a plain write on gs://)."""
+    import tensorflow as tf
+
+    mode = "wb" if isinstance(data, bytes) else "w"
+    directory = os.path.dirname(path)
+    if directory:
+        tf.io.gfile.makedirs(directory)
+    if path.startswith(ATOMIC_OBJECT_WRITES):
+        with tf.io.gfile.GFile(path, mode) as f:
+            f.write(data)
+        return path
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with tf.io.gfile.GFile(tmp, mode) as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+    return path
+
+
+def append_line(path: str, line: str) -> None:
+    """Appends one line (a JSON record); GCS has no append, so gfile rewrites the object there."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+
+
+def read_json(path: str):
+    """The parsed JSON file, or None when it is missing or unreadable."""
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    except (tf.errors.NotFoundError, OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: str) -> list:
+    """The records of a JSON-lines file ([] when missing); a torn last line is dropped."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i != len(lines) - 1:
+                raise
+    return records

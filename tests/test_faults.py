@@ -1,0 +1,79 @@
+"""What a long job survives: non-finite losses, SIGTERM, undecodable images, truncated files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnet_tf import config as cfglib
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+SIZE = 16
+
+
+def tiny_config(*extra):
+    return cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
+        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", f"data.image_size={SIZE}",
+        "data.synthetic=true", "train_batch_size=4", "eval_batch_size=4", "seed=2",
+        "optimizer.warmup_epochs=0", *extra])
+
+
+def nan_batches_fn(bad_batches):
+    """Batches of 4 random images; the batches with these indices hold a NaN pixel."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (64, 4, SIZE, SIZE, 3)).astype("float32")
+    x[sorted(bad_batches), 0, 0, 0, 0] = np.nan
+    y = rng.integers(0, 10, (64, 4)).astype("int32")
+    return lambda ctx: tf.data.Dataset.from_tensor_slices((x, y))
+
+
+def finite(trainer):
+    return all(np.isfinite(w.numpy()).all() for w in trainer.model.weights)
+
+
+def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from efficientnet_tf.train.loop import Trainer
+
+    config = tiny_config("train_steps=12", "steps_per_execution=4", "checkpoint_every_steps=2")
+    trainer = Trainer(config, str(tmp_path), train_dataset_fn=nan_batches_fn({5}),
+                      num_train_examples=64, log=lambda *_: None)
+    with pytest.raises(FloatingPointError, match=r"Loss is nan at step 6 \(learning rate "
+                       r"[0-9.e-]+\).*latest checkpoint stays .*ckpt-4"):
+        trainer.train()
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
+    assert not tf.io.gfile.glob(str(tmp_path / "ckpt-6*"))
+    with open(tmp_path / "history.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [4]  # nothing recorded for the bad loop
+    assert not finite(trainer)  # the bad update happened in memory ...
+    trainer.restore()
+    assert finite(trainer)  # ... but never reached a checkpoint
+
+
+def test_on_nonfinite_restore_goes_back_and_continues_at_most_k_times(tmp_path):
+    from efficientnet_tf.train.loop import Trainer
+
+    overrides = ("train_steps=10", "steps_per_execution=2", "checkpoint_every_steps=2",
+                 "on_nonfinite=restore")
+    logs = []
+    trainer = Trainer(tiny_config(*overrides, "max_nonfinite_restores=2"), str(tmp_path / "a"),
+                      train_dataset_fn=nan_batches_fn({4, 7}), num_train_examples=64,
+                      log=logs.append)
+    assert trainer.train()["step"] == 10
+    restored = [line for line in logs if "restored" in line]
+    assert len(restored) == 2 and "at step 5" in restored[0] and "(step 4)" in restored[0]
+    assert finite(trainer)
+    # Batches 0-3 -> steps 1-4; batch 4 is NaN at step 5 -> back to 4; batch 5 -> step 5,
+    # batch 6 -> 6, batch 7 NaN at step 7 -> back to 6; batches 8-11 -> steps 7-10.
+    with open(tmp_path / "a" / "history.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [2, 4, 6, 8, 10]
+
+    once = Trainer(tiny_config(*overrides, "max_nonfinite_restores=1"), str(tmp_path / "b"),
+                   train_dataset_fn=nan_batches_fn({4, 7}), num_train_examples=64,
+                   log=lambda *_: None)
+    with pytest.raises(FloatingPointError, match=r"at step 7 .*after 1 restore\(s\)"):
+        once.train()
+    assert tf.train.latest_checkpoint(str(tmp_path / "b")).endswith("ckpt-6")
