@@ -247,6 +247,55 @@ class OptimizerConfig:
             _fail(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}.")
 
 
+FREEZE_SPEC = r"none|backbone|block[1-9]\d*"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Starting from pretrained weights (the `finetune:` section; all off by default).
+
+    init_weights: anything weights= takes ("imagenet", a published set, a keras file, a TF1
+    checkpoint) or one of our training model_dirs; loaded once at step 0 (a restart resumes from
+    the run's own checkpoint). freeze: none | backbone | blockN (stem and stages 1..N).
+    Two phases: with unfreeze_at_epoch, `freeze` holds until that epoch, then `unfreeze_to`,
+    with the learning rate times unfreeze_lr_scale. layer_decay d: stage k from the top learns
+    at lr * d^k (timm's --layer-decay, by stage). Image-folder data_dir: validation_dir, or
+    validation_fraction of each class held out.
+    """
+
+    init_weights: str | None = None
+    init_use_ema: bool = True
+    freeze: str = "none"
+    freeze_bn: bool = False  # also keep the trainable layers' BN in inference mode
+    unfreeze_at_epoch: float | None = None
+    unfreeze_to: str = "none"
+    unfreeze_lr_scale: float = 1.0
+    layer_decay: float | None = None
+    validation_dir: str | None = None
+    validation_fraction: float = 0.1
+
+    def __post_init__(self):
+        import re
+
+        for key in ("freeze", "unfreeze_to"):
+            if not re.fullmatch(FREEZE_SPEC, str(getattr(self, key)).lower()):
+                _fail(f"finetune.{key} must be none, backbone or blockN (stem and stages 1..N "
+                      f"frozen, e.g. block5), got {getattr(self, key)!r}.")
+        if self.unfreeze_at_epoch is not None and self.unfreeze_at_epoch <= 0:
+            _fail("finetune.unfreeze_at_epoch must be > 0 (or null for one phase).")
+        if self.unfreeze_lr_scale <= 0:
+            _fail("finetune.unfreeze_lr_scale must be > 0.")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            _fail(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}.")
+        if not 0 <= self.validation_fraction < 1:
+            _fail("finetune.validation_fraction must be in [0, 1).")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.init_weights or self.freeze != "none" or self.layer_decay
+                    or self.unfreeze_at_epoch)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A whole training run. train_steps, when set, wins over epochs."""
@@ -254,6 +303,7 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     train_batch_size: int = 4096  # global
     eval_batch_size: int = 1024  # global
     epochs: float = 350.0
@@ -317,7 +367,8 @@ _DERIVED_FROM = {
 # Keys of older config files, read as the key that holds the value now.
 _ALIASES = {"model.num_classes": "data.num_classes"}
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig,
+             "finetune": FinetuneConfig}
 
 
 # ----------------------------------------------------------------------------- conversion

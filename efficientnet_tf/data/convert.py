@@ -202,6 +202,21 @@ def _folder_items(directory: str, classes: list[str]) -> list[Item]:
     return items
 
 
+def _hold_out(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """(train, validation): `fraction` of each class (at least one, never all) held out."""
+    by_class: dict[int, list[Item]] = {}
+    for it in items:
+        by_class.setdefault(it.label, []).append(it)
+    train, held = [], []
+    for label in sorted(by_class):
+        group = sorted(by_class[label], key=lambda it: it.source)
+        random.Random(seed + label).shuffle(group)
+        k = min(len(group) - 1, max(1, round(fraction * len(group))))
+        held += group[:k]
+        train += group[k:]
+    return train, held
+
+
 def _labelled_items(directory: str, label_file: str, classes: list[str]) -> list[Item]:
     """Flat folder + label file: one synset per line (sorted file order, like ImageNet's
     validation labels) or 'filename synset' / 'filename,synset' per line."""
@@ -397,14 +412,25 @@ def convert_folder(train_dir: str, output_dir: str, *, validation_dir: str | Non
                    validation_labels: str | None = None, train_shards: int = 16,
                    validation_shards: int = 4, max_examples: int | None = None, seed: int = 12345,
                    quality: int = 95, num_workers: int = 4, progress: bool = True,
-                   overwrite: bool = False) -> ConversionSummary:
-    """train_dir/<class>/*.jpg (+ validation_dir as class folders, or flat + a label file)."""
+                   overwrite: bool = False, validation_fraction: float = 0.0,
+                   min_classes: int = 1) -> ConversionSummary:
+    """train_dir/<class>/*.jpg (+ validation_dir as class folders, or flat + a label file).
+    Without validation_dir, validation_fraction > 0 holds out that share of each class (at least
+    one image, seeded) as the validation split."""
     if not tf.io.gfile.isdir(train_dir):
         raise ValueError(f"train folder {train_dir} does not exist")
     classes = _class_dirs(train_dir)
     if not classes:
         raise ValueError(f"{train_dir} has no class sub-folders (expected {train_dir}/<class>/*.jpg)")
+    if len(classes) < min_classes:
+        raise ValueError(f"{train_dir} has {len(classes)} class folder(s) ({', '.join(classes)}); "
+                         f"a classifier needs at least {min_classes}: one sub-folder per class.")
     items = {"train": _folder_items(train_dir, classes)}
+    if not items["train"]:
+        raise ValueError(f"no images in the class folders of {train_dir} (extensions: "
+                         f"{', '.join(IMAGE_EXTENSIONS)})")
+    if validation_fraction and not validation_dir:
+        items["train"], items["validation"] = _hold_out(items["train"], validation_fraction, seed)
     shards = {"train": train_shards, "validation": validation_shards}
     if validation_dir:
         if validation_labels:

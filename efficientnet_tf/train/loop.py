@@ -55,6 +55,11 @@ class Trainer:
                             else int(math.ceil(config.epochs * self.steps_per_epoch)))
         with self.strategy.scope():
             self.model = self.task.build_model(self.strategy.num_replicas_in_sync)
+            # Fine-tuning's source weights: loaded once, into a fresh run only (a restart
+            # resumes from its own checkpoint), before the EMA copies the weights.
+            fresh = not tf.train.latest_checkpoint(model_dir)
+            init = getattr(self.task, "initialize", None)
+            self.init_report = init(self.model, self.log) if fresh and init else None
             self.optimizer, self.lr_schedule = self.task.create_optimizer(
                 self.global_batch, self._exact_steps_per_epoch, self.total_steps)
             self.optimizer.build(self.model.trainable_variables)
@@ -91,7 +96,11 @@ class Trainer:
             loss, ce, logits = self.task.loss(self.model, images, labels, self.global_batch,
                                               self.strategy.num_replicas_in_sync)
         grads = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        apply = getattr(self.task, "apply_gradients", None)
+        if apply is not None:  # per-variable learning-rate scales (fine-tuning)
+            apply(self.optimizer, grads, self.model.trainable_variables)
+        else:
+            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         if self.ema is not None:
             self.ema.update(self.optimizer.iterations)
         return self.task.train_metrics(labels, logits, ce)
@@ -131,6 +140,22 @@ class Trainer:
         """Context in which the model holds the EMA weights (no-op without EMA)."""
         return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
 
+    def _set_phase(self, step: int) -> int | None:
+        """Fine-tuning's two phases: applies the freeze spec of `step`'s phase (the train step is
+        traced again when it changes); returns the switch step, None with one phase."""
+        set_phase = getattr(self.task, "set_phase", None)
+        if set_phase is None:
+            return None
+        before = [id(v) for v in self.model.trainable_variables]
+        spec = set_phase(self.model, step, self._exact_steps_per_epoch)
+        if spec is None:
+            return None
+        if [id(v) for v in self.model.trainable_variables] != before:
+            self._train_loop = None
+            self.log(f"Fine-tuning phase from step {step}: freeze={spec}, "
+                     f"{len(self.model.trainable_variables)} trainable variables.")
+        return self.task.phase_switch_step(self._exact_steps_per_epoch)
+
     def restore(self) -> int:
         """Restores the latest checkpoint in model_dir (if any); returns its step."""
         latest = tf.train.latest_checkpoint(self.model_dir)
@@ -143,6 +168,10 @@ class Trainer:
         cfg = self.config
         total_steps = total_steps or self.total_steps
         step = self.restore()
+        switch = self._set_phase(step)
+        if switch is not None and step < switch < total_steps:  # two phases: the first, then on
+            first = self.train(switch, eval_every_steps)
+            return first if first.get("preempted") else self.train(total_steps, eval_every_steps)
         if step >= total_steps:
             self.log(f"Already trained {step} >= {total_steps} steps.")
             return {"step": step}

@@ -44,6 +44,11 @@ def define_flags():
                      "new checkpoint.")
     f.DEFINE_bool("jit_compile", False, "XLA-compile the train step (always on TPU).")
     f.DEFINE_multi_string("override", [], "Config overrides, e.g. --override=optimizer.lr=0.1.")
+    f.DEFINE_string("init_weights", None, "Fine-tune from: imagenet, a published set (advprop, "
+                    "noisy-student, ...), a keras file, a TF1 checkpoint or one of our model_dirs. "
+                    "Loaded once at step 0 (= finetune.init_weights).")
+    f.DEFINE_string("freeze", None, "none | backbone | blockN: layers not trained "
+                    "(= finetune.freeze).")
 
 
 def resolve_config(argv_flags) -> "object":
@@ -60,6 +65,7 @@ def resolve_config(argv_flags) -> "object":
         "train_batch_size": "train_batch_size", "eval_batch_size": "eval_batch_size",
         "steps_per_execution": "steps_per_execution", "num_label_classes": "data.num_classes",
         "augment_name": "data.augment_name", "use_bfloat16": "use_bfloat16",
+        "init_weights": "finetune.init_weights", "freeze": "finetune.freeze",
     }
     for flag, key in mapping.items():
         value = getattr(argv_flags, flag)
@@ -93,6 +99,7 @@ def run():
     if config.data.synthetic is False and not config.data.data_dir:
         raise ValueError("--data_dir is required (TFRecords from python -m efficientnet_tf.data.convert, "
                          "or tfds:<name>), or pass --use_synthetic_data to measure throughput.")
+    config = prepare_finetuning(config, FLAGS.model_dir)
     strategy = make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone, FLAGS.gcp_project)
     from efficientnet_tf.train.loop import Trainer
 
@@ -128,6 +135,28 @@ def run():
                                   outputs_are_logits=True,
                                   label_names=_label_names(config.data.data_dir))
         print(f"Exported {loaded.describe()} to {path}")
+
+
+def prepare_finetuning(config, model_dir: str, log=print):
+    """A folder of images as data_dir (checked, then converted once into model_dir/data), and
+    the fine-tuning source and freeze spec checked on a built model: every bad input stops here,
+    before anything is written to model_dir."""
+    import tensorflow as tf
+
+    from efficientnet_tf.train import finetune
+
+    folder = finetune.is_image_folder(config.data.data_dir, config.data.train_file_pattern)
+    if folder:
+        classes = finetune.scan_image_folder(config.data.data_dir)
+        config = cfglib.apply_overrides(config, [f"data.num_classes={len(classes)}"])
+    if config.finetune.enabled and not tf.train.latest_checkpoint(model_dir):
+        finetune.check_setup(config)
+    if folder:
+        ft = config.finetune
+        records = finetune.prepare_image_folder(
+            config.data.data_dir, model_dir, ft.validation_dir, ft.validation_fraction, log=log)
+        config = cfglib.apply_overrides(config, [f"data.data_dir={records}"])
+    return config
 
 
 def eval_interval(total_steps: int, steps_per_epoch: int, every_epochs: float | None) -> int:

@@ -149,6 +149,22 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "decay_rate": self.decay_rate, "kind": self.kind, "total_steps": self.total_steps}
 
 
+class ScaledAfter(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule`, times `scale` from step `start` on (fine-tuning's second phase)."""
+
+    def __init__(self, schedule, start: int, scale: float):
+        self.schedule, self.start, self.scale = schedule, int(start), float(scale)
+
+    def __call__(self, step):
+        lr = tf.convert_to_tensor(self.schedule(step))
+        after = tf.cast(step, tf.int64) >= self.start
+        return lr * tf.where(after, tf.constant(self.scale, lr.dtype), tf.constant(1, lr.dtype))
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+                "start": self.start, "scale": self.scale}
+
+
 def learning_rate_schedule(base_lr_per_256: float, global_batch_size: int,
                            steps_per_epoch: float, warmup_epochs: float = 5.0,
                            decay_epochs: float = 2.4, decay_rate: float = 0.97,

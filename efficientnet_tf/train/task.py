@@ -15,7 +15,7 @@ import tensorflow as tf
 from efficientnet_tf import factory
 from efficientnet_tf.config import TrainConfig, check_for_training
 from efficientnet_tf.data import pipeline
-from efficientnet_tf.train import optim
+from efficientnet_tf.train import finetune, optim
 from efficientnet_tf.train.seeds import seed_scope
 
 
@@ -44,7 +44,52 @@ class ClassificationTask:
         policy = "mixed_bfloat16" if self.config.use_bfloat16 else None
         # The seed and the policy hold only while the model is built: nothing global survives.
         with seed_scope(self.config.seed):
-            return factory.build_model_from_config(self.config, num_replicas, dtype_policy=policy)
+            model = factory.build_model_from_config(self.config, num_replicas,
+                                                    dtype_policy=policy)
+        ft = self.config.finetune
+        # Two phases: the optimizer is built for the second (wider) phase's variables;
+        # set_phase narrows what trains before the first step.
+        self.frozen = finetune.apply_freeze(
+            model, ft.unfreeze_to if ft.unfreeze_at_epoch else ft.freeze, ft.freeze_bn)
+        self._lr_scales = finetune.layer_lr_scales(model, ft.layer_decay)
+        return model
+
+    def initialize(self, model, log=print):
+        """Loads finetune.init_weights into a freshly built model (before the first step; never
+        on a restart). Returns the LoadReport, or None without init_weights."""
+        ft = self.config.finetune
+        if not ft.init_weights:
+            return None
+        variant = self.config.model.variant()
+        report, head = finetune.initialize(model, ft.init_weights,
+                                           variant.name if variant else None, ft.init_use_ema)
+        log(finetune.describe_load(report, ft.init_weights, head))
+        return report
+
+    def phase_switch_step(self, steps_per_epoch: float) -> int | None:
+        """The step at which the second fine-tuning phase starts (None: one phase)."""
+        epoch = self.config.finetune.unfreeze_at_epoch
+        return max(1, int(round(epoch * steps_per_epoch))) if epoch else None
+
+    def set_phase(self, model, step: int, steps_per_epoch: float) -> str | None:
+        """Applies the freeze spec of the phase `step` is in; returns it (None: one phase)."""
+        switch, ft = self.phase_switch_step(steps_per_epoch), self.config.finetune
+        if switch is None:
+            return None
+        spec = ft.freeze if step < switch else ft.unfreeze_to
+        self.frozen = finetune.apply_freeze(model, spec, ft.freeze_bn)
+        return spec
+
+    def apply_gradients(self, optimizer, grads, variables):
+        """optimizer.apply_gradients, with finetune.layer_decay's per-stage scale applied to each
+        variable's update (every optimizer here updates linearly in the learning rate, so
+        scaling the update is exactly a per-variable learning rate)."""
+        scaled = [(v, self._lr_scales[id(v)]) for v in variables
+                  if self._lr_scales.get(id(v), 1.0) != 1.0] if self._lr_scales else []
+        before = [tf.identity(v) for v, _ in scaled]
+        optimizer.apply_gradients(zip(grads, variables))
+        for (v, scale), old in zip(scaled, before):
+            v.assign(old + scale * (tf.convert_to_tensor(v) - old))
 
     def create_optimizer(self, global_batch: int, steps_per_epoch: float, total_steps: int):
         """(optimizer, learning-rate schedule). steps_per_epoch unfloored, as the reference's
@@ -54,6 +99,9 @@ class ClassificationTask:
             o.lr, global_batch, steps_per_epoch, warmup_epochs=o.warmup_epochs,
             decay_epochs=o.decay_epochs, decay_rate=o.decay_rate, kind=o.schedule,
             total_steps=total_steps)
+        switch = self.phase_switch_step(steps_per_epoch)
+        if switch is not None and self.config.finetune.unfreeze_lr_scale != 1.0:
+            schedule = optim.ScaledAfter(schedule, switch, self.config.finetune.unfreeze_lr_scale)
         return optim.make_optimizer(o, schedule), schedule
 
     # ---------------------------------------------------------------- inputs

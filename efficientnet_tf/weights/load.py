@@ -62,6 +62,7 @@ class LoadReport:
     # (other statistics) or None (the model has no normalization layer).
     normalization: str | None = None
     path: str = ""  # the file or checkpoint read (the cached copy for downloaded weights)
+    reinitialized: list = dataclasses.field(default_factory=list)  # reinit_head: kept as built
 
 
 def _layer_vars(layer) -> list:
@@ -80,11 +81,13 @@ def _shown(fl: FileLayer) -> str:
 
 
 def load_weights(model, weights, variant=None, include_top=True, *, base_url=None,
-                 cache_dir=None, use_ema: bool = True, file_hash=None) -> LoadReport:
+                 cache_dir=None, use_ema: bool = True, file_hash=None,
+                 reinit_head: bool = False) -> LoadReport:
     """Loads `weights` ("imagenet", a published set's name or a path) into `model`, all or
     nothing. use_ema=False loads a checkpoint's raw weights instead of its EMA shadows.
     base_url: a mirror; file_hash: the hash the downloaded file (md5/sha256) or archive
-    (sha256) must have."""
+    (sha256) must have. reinit_head=True leaves a classifier whose shape differs from the
+    file's (other classes) as built instead of refusing, and reports it (fine-tuning)."""
     if isinstance(weights, str) and weights == "imagenet":
         check_weights_argument(weights, include_top, 1000, variant=variant)
         path = fetch_weights(variant, include_top, base_url=base_url, cache_dir=cache_dir,
@@ -97,12 +100,30 @@ def load_weights(model, weights, variant=None, include_top=True, *, base_url=Non
         check_weights_argument(weights, include_top, 1000)
         path = os.fspath(weights)
     fmt, file_layers = read_for_model(path, model, use_ema)
-    plan, loaded, skipped, fixed = _match(model, file_layers, path, fmt.stores_normalization)
+    reinit = []
+    if reinit_head:
+        for fl in file_layers:
+            if fl.name in HEAD_LAYERS and _shape_differs(model, fl):
+                reinit.append(fl.name)
+        file_layers = [fl for fl in file_layers if fl.name not in reinit]
+        names = {fl.name for fl in file_layers}
+        reinit += [la.name for la in model.layers
+                   if la.name in HEAD_LAYERS and la.name not in names and la.name not in reinit]
+    plan, loaded, skipped, fixed = _match(model, file_layers, path, fmt.stores_normalization,
+                                          optional=set(reinit))
     for var, value in plan:  # everything checked: now assign
         var.assign(np.asarray(value).astype(var.dtype))
     flags = {fl.ema for fl in file_layers if fl.ema is not None}
     return LoadReport(fmt.name, loaded, skipped, fixed, ema=(flags == {True}) if flags else None,
-                      normalization=model_normalization(model), path=path)
+                      normalization=model_normalization(model), path=path, reinitialized=reinit)
+
+
+def _shape_differs(model, fl) -> bool:
+    layer = next((la for la in model.layers if la.name == fl.name), None)
+    if layer is None:
+        return False
+    mine = sorted(tuple(v.shape) for v in _layer_vars(layer))
+    return mine != sorted(tuple(np.shape(value)) for _, value in fl.weights)
 
 
 def model_normalization(model) -> str | None:
@@ -119,7 +140,7 @@ def model_normalization(model) -> str | None:
     return "custom"
 
 
-def _match(model, file_layers, path, stores_normalization=True):
+def _match(model, file_layers, path, stores_normalization=True, optional=()):
     """[(variable, value)] for every weighted layer of `model`, or ValueError. Format-neutral:
     file_layers carry our layer names already. A format that stores no normalization (TF1
     checkpoints) leaves the model's own; a model without one skips the file's."""
@@ -140,6 +161,8 @@ def _match(model, file_layers, path, stores_normalization=True):
                 continue
         else:
             fl = by_name.get(layer.name)
+            if fl is None and layer.name in optional:
+                continue
         expected = ", ".join(f"{v.path} {_fmt(v.shape)}" for v in lvars)
         if fl is None:
             hint = ""
