@@ -265,6 +265,7 @@ class FinetuneConfig:
 
     init_weights: str | None = None
     init_use_ema: bool = True
+    new_head: bool = False  # a fresh classifier even when the class counts match
     freeze: str = "none"
     freeze_bn: bool = False  # also keep the trainable layers' BN in inference mode
     unfreeze_at_epoch: float | None = None

@@ -101,10 +101,25 @@ def describe_load(report, source: str, head_reinitialized: bool) -> str:
             + (f", left out: {', '.join(left)}" if left else "") + head + ".")
 
 
-def initialize(model, source: str, variant: str | None, use_ema: bool = True):
+def initialize(model, source: str, variant: str | None, use_ema: bool = True,
+               new_head: bool = False):
     """Loads `source` into `model` once, before training: anything weights= takes, or one of our
     training model_dirs (its latest checkpoint, EMA weights). A classifier of another class
-    count is left freshly initialized. Returns (LoadReport, head_reinitialized)."""
+    count is left freshly initialized; new_head=True keeps the fresh one also when the counts
+    match (other classes). Returns (LoadReport, head_reinitialized)."""
+    head = [la for la in model.layers if la.name == HEAD]
+    fresh = [v.numpy() for v in head[0].weights] if head and new_head else None
+    report, reinit = _load(model, source, variant, use_ema)
+    if fresh is not None:
+        for v, value in zip(head[0].weights, fresh):
+            v.assign(value)
+        if HEAD not in report.reinitialized:
+            report.reinitialized.append(HEAD)
+        reinit = True
+    return report, reinit
+
+
+def _load(model, source, variant, use_ema):
     import tensorflow as tf
 
     from efficientnet_tf.weights.load import load_weights

@@ -62,7 +62,8 @@ class ClassificationTask:
             return None
         variant = self.config.model.variant()
         report, head = finetune.initialize(model, ft.init_weights,
-                                           variant.name if variant else None, ft.init_use_ema)
+                                           variant.name if variant else None, ft.init_use_ema,
+                                           ft.new_head)
         log(finetune.describe_load(report, ft.init_weights, head))
         return report
 
