@@ -252,3 +252,13 @@ def test_frozen_layers_and_stage_scales_follow_the_model():
     with pytest.raises(ValueError, match="use none, backbone, or blockN"):
         finetune.parse_freeze("top")
     keras.backend.clear_session()
+
+
+def test_a_published_source_brings_its_normalization(tmp_path):
+    lines, log = _logs()
+    cfg = _config("finetune.init_weights=advprop", "finetune.freeze=backbone")
+    with pytest.raises(ValueError, match="exists for b0, .*not for a custom scaling"):
+        prepare_finetuning(cfg, str(tmp_path / "run"), log=log)  # checked, nothing fetched
+    assert lines == ["model.normalization=advprop: what the 'advprop' weights were trained "
+                     "with (the config said 'imagenet')."]
+    assert not (tmp_path / "run").exists()

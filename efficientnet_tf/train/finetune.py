@@ -96,7 +96,8 @@ def describe_load(report, source: str, head_reinitialized: bool) -> str:
     ema = {True: "EMA weights", False: "raw weights", None: "weights"}[report.ema]
     left = list(report.skipped)
     head = "; the classifier was re-initialized (other classes)" if head_reinitialized else ""
-    return (f"Initialized from {source} ({report.path or source}): {ema}, {report.layers_loaded} "
+    where = f" ({report.path})" if report.path and report.path != source else ""
+    return (f"Initialized from {source}{where}: {ema}, {report.layers_loaded} "
             f"layers, format {report.format}"
             + (f", left out: {', '.join(left)}" if left else "") + head + ".")
 

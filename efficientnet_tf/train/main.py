@@ -149,6 +149,13 @@ def prepare_finetuning(config, model_dir: str, log=print):
     if folder:
         classes = finetune.scan_image_folder(config.data.data_dir)
         config = cfglib.apply_overrides(config, [f"data.num_classes={len(classes)}"])
+    from efficientnet_tf.weights.published import get_weight_set
+
+    ws = get_weight_set(config.finetune.init_weights)
+    if ws is not None and config.model.normalization != ws.normalization:
+        log(f"model.normalization={ws.normalization}: what the {ws.name!r} weights were trained "
+            f"with (the config said {config.model.normalization!r}).")
+        config = cfglib.apply_overrides(config, [f"model.normalization={ws.normalization}"])
     if config.finetune.enabled and not tf.train.latest_checkpoint(model_dir):
         finetune.check_setup(config)
     if folder:
