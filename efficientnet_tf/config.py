@@ -74,8 +74,9 @@ class ModelConfig:
     # reference's rule, per replica on up to 8 replicas, else groups of max(8, replicas // 8).
     bn_group_size: int | None = None
     # Input normalization inside the model (constants.NORMALIZATIONS): "imagenet", "advprop"
-    # (x / 127.5 - 1), "lite" ((x - 127) / 128), or null (inputs come normalized).
-    normalization: str | None = "imagenet"
+    # (x / 127.5 - 1), "lite" ((x - 127) / 128), null (inputs come normalized), or "auto": the
+    # variant's ("lite" for EfficientNet-Lite, else "imagenet").
+    normalization: str | None = "auto"
 
     def __post_init__(self):
         custom = self.width_coefficient is not None or self.depth_coefficient is not None
@@ -95,9 +96,9 @@ class ModelConfig:
             _fail(f"model.stem_strides must be 1 or 2, got {self.stem_strides}.")
         if self.bn_group_size is not None and self.bn_group_size < 1:
             _fail(f"model.bn_group_size must be >= 1 (1 = per replica), got {self.bn_group_size}.")
-        if self.normalization is not None and self.normalization not in constants.NORMALIZATIONS:
-            _fail(f"model.normalization must be one of {', '.join(constants.NORMALIZATIONS)} or null, "
-                  f"got {self.normalization!r}.")
+        if self.normalization not in (None, "auto", *constants.NORMALIZATIONS):
+            _fail(f"model.normalization must be auto, "
+                  f"{', '.join(constants.NORMALIZATIONS)} or null, got {self.normalization!r}.")
         if self.synchronized_bn and self.bn_group_size not in (None, 1):
             _fail("model: synchronized_bn=true pools BN over all replicas; it cannot be combined "
                   "with bn_group_size. Set one of them.")

@@ -52,6 +52,8 @@ def build_model(model_config: ModelConfig, image_size: int, num_classes: int, *,
             input_shape=(image_size, image_size, 3), classes=num_classes,
             classifier_activation=classifier_activation, weights=weights,
             normalization=m.normalization,
+            activation=variant.activation if variant else "swish",
+            fixed_stem_head=bool(variant and variant.fixed_stem_head),
             variant=variant.name if variant else None,
             name=m.model_name.replace("-", "") if m.model_name else None)
 

@@ -224,8 +224,10 @@ class GroupBatchNormalization(layers.BatchNormalization):
 
 def block_layers(spec: BlockSpec, prefix: str, drop_rate: float, bn_momentum: float = 0.99,
                  bn_epsilon: float = 1e-3, truncated_init: bool = False,
-                 synchronized_bn: bool = False, bn_group_size: int | None = None) -> dict:
-    """The sub-layers of one MBConv block (spec already width-scaled), Keras-Applications names."""
+                 synchronized_bn: bool = False, bn_group_size: int | None = None,
+                 activation: str = "swish") -> dict:
+    """The sub-layers of one MBConv block (spec already width-scaled), Keras-Applications names.
+    activation: after the expansion and the depthwise conv ("relu6" for EfficientNet-Lite)."""
     init = ConvKernelInitializer(truncated_init)
     filters = spec.filters_in * spec.expand_ratio
 
@@ -237,13 +239,13 @@ def block_layers(spec: BlockSpec, prefix: str, drop_rate: float, bn_momentum: fl
         out["expand_conv"] = layers.Conv2D(filters, 1, padding="same", use_bias=False,
                                            kernel_initializer=init, name=prefix + "expand_conv")
         out["expand_bn"] = bn("expand_bn")
-        out["expand_activation"] = layers.Activation("swish", name=prefix + "expand_activation")
+        out["expand_activation"] = layers.Activation(activation, name=prefix + "expand_activation")
     # padding="same" is TensorFlow's 'SAME' (asymmetric on stride 2, exact for any input size).
     out["dwconv"] = layers.DepthwiseConv2D(spec.kernel_size, spec.strides, padding="same",
                                            use_bias=False, depthwise_initializer=init,
                                            name=prefix + "dwconv")
     out["bn"] = bn("bn")
-    out["activation"] = layers.Activation("swish", name=prefix + "activation")
+    out["activation"] = layers.Activation(activation, name=prefix + "activation")
     if 0 < spec.se_ratio <= 1:
         reduced = max(1, int(spec.filters_in * spec.se_ratio))
         out["se"] = _se_layers(filters, reduced, prefix, init)

@@ -16,13 +16,16 @@ MIN_INPUT_SIZE = 32
 
 
 def scaled_blocks(blocks, width_coefficient: float, depth_coefficient: float,
-                  drop_connect_rate: float):
+                  drop_connect_rate: float, fixed_ends: bool = False):
     """Expands stage specs into per-block (name, spec, drop_rate), scaling width and depth.
 
     The per-block drop-connect rate grows linearly with the block index:
-    drop_connect_rate * index / num_blocks (0 for the first block).
+    drop_connect_rate * index / num_blocks (0 for the first block). fixed_ends keeps the first
+    and last stages' repeats unscaled (EfficientNet-Lite).
     """
-    per_stage = [round_repeats(b.repeats, depth_coefficient) for b in blocks]
+    last = len(blocks) - 1
+    per_stage = [b.repeats if fixed_ends and i in (0, last) else
+                 round_repeats(b.repeats, depth_coefficient) for i, b in enumerate(blocks)]
     total = float(sum(per_stage))
     out, index = [], 0
     for stage, (b, repeats) in enumerate(zip(blocks, per_stage)):
@@ -84,6 +87,8 @@ def EfficientNet(
     name: str | None = None,
     variant: str | None = None,
     normalization: str | None = "auto",
+    activation: str = "swish",
+    fixed_stem_head: bool = False,
     weights_hash: str | None = None,
 ) -> keras.Model:
     """Builds an EfficientNet.  Inputs are float pixels in [0, 255]; normalization is inside.
@@ -97,7 +102,10 @@ def EfficientNet(
     keeps them per replica, as the reference on <= 8 cores.
     normalization: "imagenet" (mean/std of ImageNet), "advprop" (x / 127.5 - 1), "lite"
     ((x - 127) / 128) or None (inputs come normalized: no rescaling either). "auto" (default):
-    what named weights were trained with (weights="advprop" -> "advprop"), else "imagenet".
+    what named weights were trained with (weights="advprop" -> "advprop"), else the variant's
+    ("lite" for EfficientNet-Lite), else "imagenet".
+    activation: "swish" (EfficientNet) or e.g. "relu6" (Lite). fixed_stem_head: stem and head
+    filters and the first and last stages' repeats are not scaled (Lite).
     A weights file that stores its normalization (keras.applications' files, ours) brings it
     along, as in Keras; a TF1 checkpoint stores none, so this option is what applies.
     weights_hash: md5 or sha256 hex the downloaded file (or checkpoint archive) must have.
@@ -120,7 +128,8 @@ def EfficientNet(
     wts.check_weights_argument(weights, include_top, classes, variant=variant)
     named = wts.published_settings(weights, variant)
     if normalization == "auto":
-        normalization = named.normalization if named else "imagenet"
+        normalization = (named.normalization if named else
+                         VARIANTS[variant].normalization if variant in VARIANTS else "imagenet")
     elif named and normalization != named.normalization:
         raise ValueError(
             f"weights={weights!r} were trained with normalization={named.normalization!r}; "
@@ -146,21 +155,23 @@ def EfficientNet(
         mean, std = NORMALIZATIONS[normalization]
         x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
         x = enl.Normalize(mean, tuple(s * s for s in std), name="normalization")(x)
-    x = layers.Conv2D(round_filters(32, width_coefficient), 3, strides=stem_strides, padding="same",
+    stem = 32 if fixed_stem_head else round_filters(32, width_coefficient)
+    x = layers.Conv2D(stem, 3, strides=stem_strides, padding="same",
                       use_bias=False, kernel_initializer=init, name="stem_conv")(x)
     x = enl.batch_norm("stem_bn", bn_momentum, bn_epsilon, synchronized_bn, bn_group_size)(x)
-    x = layers.Activation("swish", name="stem_activation")(x)
+    x = layers.Activation(activation, name="stem_activation")(x)
 
     for prefix, spec, drop_rate in scaled_blocks(blocks, width_coefficient, depth_coefficient,
-                                                 drop_connect_rate):
+                                                 drop_connect_rate, fixed_stem_head):
         blk = enl.block_layers(spec, prefix, drop_rate, bn_momentum, bn_epsilon, truncated_init,
-                               synchronized_bn, bn_group_size)
+                               synchronized_bn, bn_group_size, activation=activation)
         x = enl.apply_block(blk, x)
 
-    x = layers.Conv2D(round_filters(1280, width_coefficient), 1, padding="same", use_bias=False,
+    head = 1280 if fixed_stem_head else round_filters(1280, width_coefficient)
+    x = layers.Conv2D(head, 1, padding="same", use_bias=False,
                       kernel_initializer=init, name="top_conv")(x)
     x = enl.batch_norm("top_bn", bn_momentum, bn_epsilon, synchronized_bn, bn_group_size)(x)
-    x = layers.Activation("swish", name="top_activation")(x)
+    x = layers.Activation(activation, name="top_activation")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if dropout_rate > 0:
@@ -193,13 +204,15 @@ def _variant_constructor(key: str):
                             include_top=include_top, weights=weights, input_tensor=input_tensor,
                             input_shape=input_shape, pooling=pooling, classes=classes,
                             classifier_activation=classifier_activation, name=name,
-                            variant=key, **kwargs)
+                            variant=key, activation=v.activation,
+                            fixed_stem_head=v.fixed_stem_head, **kwargs)
 
     constructor.__name__ = constructor.__qualname__ = v.constructor_name
     constructor.__doc__ = (
         f"EfficientNet-{key.upper()} (width {v.width_coefficient}, depth {v.depth_coefficient}, "
-        f"{v.resolution} px, dropout {v.dropout_rate}); the keras.applications signature. "
-        "Inputs: float pixels in [0, 255].")
+        f"{v.resolution} px, dropout {v.dropout_rate}"
+        + (f", {v.activation}, no squeeze-excite, stem and head not scaled" if v.fixed_stem_head
+           else "") + "); the keras.applications signature. Inputs: float pixels in [0, 255].")
     return constructor
 
 

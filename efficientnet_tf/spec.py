@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,10 @@ B0_BLOCKS: tuple[BlockSpec, ...] = (
     BlockSpec(1, 3, 1, 6, 192, 320),
 )
 
+# EfficientNet-Lite: the same stages without squeeze-excite.
+LITE_BLOCKS: tuple[BlockSpec, ...] = tuple(dataclasses.replace(b, se_ratio=0.0)
+                                           for b in B0_BLOCKS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -48,6 +53,11 @@ class Variant:
     blocks: tuple[BlockSpec, ...] = B0_BLOCKS
     params: int | None = None
     macs: float | None = None
+    activation: str = "swish"
+    # EfficientNet-Lite: stem (32) and head (1280) filters and the first and last stages'
+    # repeats are not scaled.
+    fixed_stem_head: bool = False
+    normalization: str = "imagenet"  # the model's default input normalization
 
     @property
     def full_name(self) -> str:
@@ -55,7 +65,8 @@ class Variant:
 
     @property
     def constructor_name(self) -> str:
-        return f"EfficientNet{self.name.upper()}"
+        name = self.name.upper() if re.fullmatch(r"[a-z]\d+", self.name) else self.name.capitalize()
+        return f"EfficientNet{name}"
 
 
 VARIANTS: dict[str, Variant] = {}
@@ -85,6 +96,21 @@ for _v in (
     # AdvProp's B8 and NoisyStudent's L2 (docs/reference.md "Variant table").
     Variant("b8", 2.2, 3.6, 672, 0.5, params=87_793_181),
     Variant("l2", 4.3, 5.3, 800, 0.5, params=481_400_003),
+):
+    register_variant(_v)
+
+# EfficientNet-Lite0..4 (the reference's lite builder; docs/reference.md "EfficientNet-Lite"):
+# ReLU6, no squeeze-excite, stem/head and first/last stage repeats not scaled, inputs
+# (x - 127) / 128. MACs: the reference's lite README (our convs-and-dense count is 3-5% lower);
+# params: the builder rules' count with BN statistics, as for B8/L2 (its trainable part rounds
+# to the README's 4.7M, 5.4M, 6.1M, 8.2M and 13.0M; tests/test_model.py checks both).
+_LITE = dict(blocks=LITE_BLOCKS, activation="relu6", fixed_stem_head=True, normalization="lite")
+for _v in (
+    Variant("lite0", 1.0, 1.0, 224, 0.2, params=4_694_031, macs=407e6, **_LITE),
+    Variant("lite1", 1.0, 1.1, 240, 0.2, params=5_470_351, macs=631e6, **_LITE),
+    Variant("lite2", 1.1, 1.2, 260, 0.3, params=6_150_175, macs=899e6, **_LITE),
+    Variant("lite3", 1.2, 1.4, 280, 0.3, params=8_273_775, macs=1.44e9, **_LITE),
+    Variant("lite4", 1.4, 1.8, 300, 0.3, params=13_118_943, macs=2.64e9, **_LITE),
 ):
     register_variant(_v)
 

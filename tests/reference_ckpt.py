@@ -2,6 +2,7 @@
 kernels, BN statistics settled on calibration images, EMA shadows that differ from the raw
 weights, RMSProp slots, global_step), and the reference's inference computation from those names
 with plain tf.nn ops, independent of our model."""
+import dataclasses
 import os
 
 import numpy as np
@@ -20,11 +21,14 @@ def reference_names(variant: str, classes: int):
     scope = f"efficientnet-{variant}"
     bn = lambda p, c: {f"{p}/{w}": (c,) for w in ("gamma", "beta", "moving_mean",  # noqa: E731
                                                   "moving_variance")}
-    stem = en.round_filters(32, v.width_coefficient)
+    stem = 32 if v.fixed_stem_head else en.round_filters(32, v.width_coefficient)
     names = {f"{scope}/stem/conv2d/kernel": (3, 3, 3, stem), **bn(f"{scope}/stem/tpu_batch_normalization", stem)}
-    blocks = scaled_blocks(v.blocks, v.width_coefficient, v.depth_coefficient, 0.0)
+    blocks = scaled_blocks(v.blocks, v.width_coefficient, v.depth_coefficient, 0.0,
+                           v.fixed_stem_head)
     for n, (_, s, _) in enumerate(blocks):
         p = f"{scope}/blocks_{n}"
+        if n == 0:  # it reads the stem's output (Lite's fixed 32 may differ from filters_in)
+            s = dataclasses.replace(s, filters_in=stem)
         exp = s.filters_in * s.expand_ratio
         se = max(1, int(s.filters_in * s.se_ratio))
         bns = [f"{p}/tpu_batch_normalization" + suffix for suffix in ("", "_1", "_2")]
@@ -33,12 +37,14 @@ def reference_names(variant: str, classes: int):
             names.update(bn(bns.pop(0), exp))
         names[f"{p}/depthwise_conv2d/depthwise_kernel"] = (s.kernel_size, s.kernel_size, exp, 1)
         names.update(bn(bns.pop(0), exp))
-        names.update({f"{p}/se/conv2d/kernel": (1, 1, exp, se), f"{p}/se/conv2d/bias": (se,),
-                      f"{p}/se/conv2d_1/kernel": (1, 1, se, exp), f"{p}/se/conv2d_1/bias": (exp,)})
+        if s.se_ratio:  # Lite has none
+            names.update({f"{p}/se/conv2d/kernel": (1, 1, exp, se), f"{p}/se/conv2d/bias": (se,),
+                          f"{p}/se/conv2d_1/kernel": (1, 1, se, exp),
+                          f"{p}/se/conv2d_1/bias": (exp,)})
         names[f"{p}/{'conv2d_1' if s.expand_ratio != 1 else 'conv2d'}/kernel"] = (
             1, 1, exp, s.filters_out)
         names.update(bn(bns.pop(0), s.filters_out))
-    head = en.round_filters(1280, v.width_coefficient)
+    head = 1280 if v.fixed_stem_head else en.round_filters(1280, v.width_coefficient)
     names[f"{scope}/head/conv2d/kernel"] = (1, 1, blocks[-1][1].filters_out, head)
     names.update(bn(f"{scope}/head/tpu_batch_normalization", head))
     names.update({f"{scope}/head/dense/kernel": (head, classes), f"{scope}/head/dense/bias": (classes,)})
@@ -110,23 +116,27 @@ def reference_logits(values, variant, images, normalization="imagenet", settle=F
             tf.constant([0.229, 0.224, 0.225]) * 255.0)
     elif normalization == "advprop":
         x = x * 2.0 / 255.0 - 1.0
-    x = tf.nn.swish(bn(conv(x, "stem/conv2d/kernel", 2), "stem/tpu_batch_normalization"))
+    elif normalization == "lite":  # the lite builder's MEAN_RGB 127, STDDEV_RGB 128
+        x = (x - 127.0) / 128.0
+    act = tf.nn.relu6 if en.VARIANTS[variant].activation == "relu6" else tf.nn.swish
+    x = act(bn(conv(x, "stem/conv2d/kernel", 2), "stem/tpu_batch_normalization"))
     _, blocks = reference_names(variant, 1)
     for n, (_, s, _) in enumerate(blocks):
         p = f"blocks_{n}"
         bns = [f"{p}/tpu_batch_normalization" + suffix for suffix in ("", "_1", "_2")]
         h = x
         if s.expand_ratio != 1:
-            h = tf.nn.swish(bn(conv(h, f"{p}/conv2d/kernel"), bns.pop(0)))
+            h = act(bn(conv(h, f"{p}/conv2d/kernel"), bns.pop(0)))
         h = tf.nn.depthwise_conv2d(h, get(f"{p}/depthwise_conv2d/depthwise_kernel"),
                                    [1, s.strides, s.strides, 1], "SAME")
-        h = tf.nn.swish(bn(h, bns.pop(0)))
-        se = tf.reduce_mean(h, [1, 2], keepdims=True)
-        se = tf.nn.swish(conv(se, f"{p}/se/conv2d/kernel") + get(f"{p}/se/conv2d/bias"))
-        se = conv(se, f"{p}/se/conv2d_1/kernel") + get(f"{p}/se/conv2d_1/bias")
-        h = tf.sigmoid(se) * h
+        h = act(bn(h, bns.pop(0)))
+        if s.se_ratio:  # squeeze-excite's inner activation is swish in every variant
+            se = tf.reduce_mean(h, [1, 2], keepdims=True)
+            se = tf.nn.swish(conv(se, f"{p}/se/conv2d/kernel") + get(f"{p}/se/conv2d/bias"))
+            se = conv(se, f"{p}/se/conv2d_1/kernel") + get(f"{p}/se/conv2d_1/bias")
+            h = tf.sigmoid(se) * h
         h = bn(conv(h, f"{p}/{'conv2d_1' if s.expand_ratio != 1 else 'conv2d'}/kernel"), bns.pop(0))
         x = h + x if s.strides == 1 and s.filters_in == s.filters_out else h
-    x = tf.nn.swish(bn(conv(x, "head/conv2d/kernel"), "head/tpu_batch_normalization"))
+    x = act(bn(conv(x, "head/conv2d/kernel"), "head/tpu_batch_normalization"))
     x = tf.reduce_mean(x, [1, 2])
     return (tf.matmul(x, get("head/dense/kernel")) + get("head/dense/bias")).numpy()

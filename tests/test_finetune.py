@@ -260,5 +260,5 @@ def test_a_published_source_brings_its_normalization(tmp_path):
     with pytest.raises(ValueError, match="exists for b0, .*not for a custom scaling"):
         prepare_finetuning(cfg, str(tmp_path / "run"), log=log)  # checked, nothing fetched
     assert lines == ["model.normalization=advprop: what the 'advprop' weights were trained "
-                     "with (the config said 'imagenet')."]
+                     "with (the config said 'auto')."]
     assert not (tmp_path / "run").exists()

@@ -24,21 +24,25 @@ def reference_param_count(variant, classes=1000, bn_statistics=True) -> int:
     from efficientnet_tf.scaling import round_filters, round_repeats
 
     w, d = variant.width_coefficient, variant.depth_coefficient
+    fixed = variant.fixed_stem_head  # Lite: stem, head and the end stages' repeats unscaled
     per_bn = 4 if bn_statistics else 2
-    stem = round_filters(32, w)
+    stem = 32 if fixed else round_filters(32, w)
     n = 3 * 3 * 3 * stem + per_bn * stem
-    for b in variant.blocks:
+    for i, b in enumerate(variant.blocks):
         f_in, f_out = round_filters(b.filters_in, w), round_filters(b.filters_out, w)
-        for j in range(round_repeats(b.repeats, d)):
-            cin = f_in if j == 0 else f_out
+        ends = fixed and i in (0, len(variant.blocks) - 1)
+        for j in range(b.repeats if ends else round_repeats(b.repeats, d)):
+            # The first block reads the stem's output (Lite's fixed 32 may differ from f_in).
+            cin = (stem if i == 0 else f_in) if j == 0 else f_out
             exp = cin * b.expand_ratio
             if b.expand_ratio != 1:
                 n += cin * exp + per_bn * exp
             n += b.kernel_size ** 2 * exp + per_bn * exp
-            se = max(1, int(cin * b.se_ratio))
-            n += exp * se + se + se * exp + exp
+            if b.se_ratio:
+                se = max(1, int(cin * b.se_ratio))
+                n += exp * se + se + se * exp + exp
             n += exp * f_out + per_bn * f_out
-    head = round_filters(1280, w)
+    head = 1280 if fixed else round_filters(1280, w)
     n += f_out * head + per_bn * head + head * classes + classes
     return n + (7 if bn_statistics else 0)
 
@@ -48,12 +52,18 @@ def test_reference_param_counts_from_the_builder_rules():
     timm's published counts for B8 and L2 (tf_efficientnet_b8 87.41M, tf_efficientnet_l2
     480.31M, timm's results tables); so the registry's B8/L2 numbers are the reference's."""
     for key, variant in en.VARIANTS.items():
-        if key in ("b8", "l2") or variant.params is None:
+        if key in ("b8", "l2") or key.startswith("lite") or variant.params is None:
             continue
         assert reference_param_count(variant) == variant.params, key
     for key, millions in (("b8", 87.41), ("l2", 480.31)):
         variant = en.VARIANTS[key]
         assert round(reference_param_count(variant, bn_statistics=False) / 1e6, 2) == millions
+        assert reference_param_count(variant) == variant.params, key
+    # EfficientNet-Lite: the reference's lite README lists 4.7M ... 13.0M parameters.
+    for key, millions in (("lite0", 4.7), ("lite1", 5.4), ("lite2", 6.1), ("lite3", 8.2),
+                          ("lite4", 13.0)):
+        variant = en.VARIANTS[key]
+        assert round(reference_param_count(variant, bn_statistics=False) / 1e6, 1) == millions
         assert reference_param_count(variant) == variant.params, key
 
 
@@ -78,7 +88,9 @@ def _check_variants(select, minimum=9):
         if not select(variant):
             continue
         model = getattr(en, variant.constructor_name)()
-        assert model is not None and variant.constructor_name == f"EfficientNet{key.upper()}"
+        assert model is not None and variant.constructor_name == (
+            f"EfficientNet{key.upper()}" if not key.startswith("lite") else
+            f"EfficientNetLite{key[4:]}")
         prof = en.model_profile(model)
         assert model.input_shape == (None, variant.resolution, variant.resolution, 3)
         if variant.params is not None:

@@ -45,7 +45,9 @@ def server():
 def test_every_set_names_its_variants_archives_and_settings():
     sets = W.weight_sets()
     assert list(sets) == ["baseline", "autoaugment", "randaugment", "advprop", "noisy-student",
-                          "noisy-student-475"]
+                          "lite", "noisy-student-475"]
+    assert sets["lite"].archives["lite4"] == "lite/efficientnet-lite4.tar.gz"
+    assert sets["lite"].normalization == "lite" and sets["lite"].top1["lite0"] == 75.1
     assert sets["advprop"].archives["b8"] == "advprop/efficientnet-b8.tar.gz"
     assert sets["advprop"].normalization == "advprop" and sets["advprop"].top1["b0"] == 77.6
     assert sets["noisy-student"].archives["b7"] == "noisystudent/noisy_student_efficientnet-b7.tar.gz"
@@ -108,7 +110,7 @@ def test_training_configs_carry_the_normalization():
 
     m = ModelConfig(width_coefficient=0.1, depth_coefficient=0.1, normalization="advprop")
     assert W.model_normalization(build_model(m, 32, 3)) == "advprop"
-    with pytest.raises(ValueError, match="model.normalization must be one of"):
+    with pytest.raises(ValueError, match="model.normalization must be auto, imagenet"):
         ModelConfig(normalization="inception")
 
 

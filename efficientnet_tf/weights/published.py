@@ -91,6 +91,10 @@ _register("advprop", "AdvProp with AutoAugment; inputs x / 127.5 - 1",
 _register("noisy-student", "NoisyStudent (JFT-300M unlabeled images) with RandAugment",
           "noisystudent", "noisy_student_efficientnet-{v}.tar.gz",
           {**_b(78.8, 81.5, 82.4, 84.1, 85.3, 86.1, 86.4, 86.9), "l2": 88.4})
+_register("lite", "EfficientNet-Lite (ReLU6, no squeeze-excite); inputs (x - 127) / 128",
+          "lite", "efficientnet-{v}.tar.gz",
+          {"lite0": 75.1, "lite1": 76.7, "lite2": 77.6, "lite3": 79.8, "lite4": 81.5},
+          normalization="lite")
 _register("noisy-student-475", "NoisyStudent's L2 run at 475 px (L2-475)",
           "noisystudent", "noisy_student_efficientnet-{v}_475.tar.gz", {"l2": 88.2},
           image_size=475)
@@ -226,7 +230,7 @@ def verify_checkpoint(prefix: str, variant: str) -> None:
     import tensorflow as tf
 
     from efficientnet_tf import spec
-    from efficientnet_tf.scaling import round_filters, round_repeats
+    from efficientnet_tf.scaling import round_filters
 
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -241,9 +245,12 @@ def verify_checkpoint(prefix: str, variant: str) -> None:
         raise ValueError(f"{prefix} is not an EfficientNet checkpoint (no */stem/conv2d/kernel).")
     scope = stems[0].split("/")[0]
     named = scope[len("efficientnet-"):] if scope.startswith("efficientnet-") else None
+    from efficientnet_tf.model import scaled_blocks
+
     v = spec.get_variant(variant)
-    want_stem = round_filters(32, v.width_coefficient)
-    want_blocks = sum(round_repeats(b.repeats, v.depth_coefficient) for b in v.blocks)
+    want_stem = 32 if v.fixed_stem_head else round_filters(32, v.width_coefficient)
+    want_blocks = len(scaled_blocks(v.blocks, v.width_coefficient, v.depth_coefficient, 0.0,
+                                    v.fixed_stem_head))
     blocks = {m[1] for n in names for m in [re.match(rf"{re.escape(scope)}/blocks_(\d+)/", n)]
               if m}
     if ((named != variant and named in spec.VARIANTS) or names[stems[0]][-1] != want_stem
