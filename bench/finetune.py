@@ -9,7 +9,8 @@ scratch on a small labelled set? Prints JSON (and a table) of test top-1 for thr
    training images per class (250 in all), train for the same number of steps:
    - transfer: --init_weights=<the pretrain run> (EMA weights), a new head, everything trains;
    - frozen: the same source with freeze=backbone (a linear head on frozen features);
-   - scratch: the same model from random weights.
+   - scratch: the same model from random weights, given twice the steps (more than the
+     transfer run's wall time, so the comparison does not favour transfer).
 3. Test top-1 (EMA weights) on the 5,000 test images of classes 5-9, per seed.
 The data come from Debian's dataset-fashion-mnist ($FASHION_MNIST_DIR overrides the folder).
 """
@@ -74,6 +75,7 @@ def main():
     p.add_argument("--per_class", type=int, default=50)
     p.add_argument("--pretrain_epochs", type=float, default=3)
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (batch 25)")
+    p.add_argument("--scratch_steps", type=int, default=None, help="default: 2 x --steps")
     args = p.parse_args()
     t_all = time.perf_counter()
     pre_data = _records(os.path.join(args.out, "data_0_4"), range(5), None, 0)
@@ -81,13 +83,14 @@ def main():
     print(f"Pretraining on classes 0-4 ({args.pretrain_epochs} epochs) ...", flush=True)
     pre, pre_s = _train(pre_dir, pre_data, [f"epochs={args.pretrain_epochs}"], log_every=True)
     print(f"  pretrain top-1 {pre['top1']:.4f} on classes 0-4 ({pre_s / 60:.1f} min)", flush=True)
-    common = [f"train_steps={args.steps}", "train_batch_size=25", "eval_batch_size=1000",
-              "steps_per_execution=25", "optimizer.warmup_epochs=1", "optimizer.ema_decay=0.99"]
+    common = ["train_batch_size=25", "eval_batch_size=1000", "steps_per_execution=25",
+              "optimizer.warmup_epochs=1", "optimizer.ema_decay=0.99"]
+    steps, scratch_steps = f"train_steps={args.steps}", args.scratch_steps or 2 * args.steps
     runs = {
-        "transfer": [f"finetune.init_weights={pre_dir}", "finetune.new_head=true"],
-        "frozen": [f"finetune.init_weights={pre_dir}", "finetune.new_head=true",
+        "transfer": [steps, f"finetune.init_weights={pre_dir}", "finetune.new_head=true"],
+        "frozen": [steps, f"finetune.init_weights={pre_dir}", "finetune.new_head=true",
                    "finetune.freeze=backbone"],
-        "scratch": [],
+        "scratch": [f"train_steps={scratch_steps}"],
     }
     results = []
     for seed in args.seeds:
@@ -104,7 +107,8 @@ def main():
         vals = [r["top1"] for r in results if r["run"] == name]
         summary[name] = {"mean_top1": sum(vals) / len(vals), "top1": vals}
     out = {"pretrain_top1_classes_0_4": pre["top1"], "pretrain_minutes": round(pre_s / 60, 1),
-           "per_class": args.per_class, "steps": args.steps, "batch": 25, "seeds": args.seeds,
+           "per_class": args.per_class, "steps": args.steps, "scratch_steps": scratch_steps,
+           "batch": 25, "seeds": args.seeds,
            "runs": results, "summary": summary,
            "transfer_minus_scratch_points": round(
                100 * (summary["transfer"]["mean_top1"] - summary["scratch"]["mean_top1"]), 2),
