@@ -19,6 +19,7 @@ setup(
         "numpy>=1.26",
         "h5py>=3.10",
         "matplotlib>=3.8",  # the training-curve PNG
+        "ai-edge-litert>=2.1",  # runs .tflite files (tf.lite.Interpreter is deprecated)
     ],
     extras_require={
         "test": [

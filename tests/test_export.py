@@ -385,7 +385,7 @@ def test_tflite_float32_matches_keras(model, images, expected, tmp_path):
     path = tflite.export_tflite(model, str(tmp_path / "m.tflite"), image_size=SIZE)
     got = tflite.run_tflite(path, images["float"])
     np.testing.assert_allclose(got, expected["serving_float"], rtol=0, atol=1e-5)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.json"]  # no temp file
 
 
 def test_tflite_interface_is_serving_float(model, loaded, images, tmp_path):

@@ -15,12 +15,12 @@ LAYERS = {
     "model": {"layers", "model", "weights", "profile", "imagenet", "ema", "factory"},
     "products": {"export"},
     "orchestration": {"train"},
-    "entry points": {"demo", "evaluate"},
+    "entry points": {"demo", "evaluate", "predict"},
 }
 ORDER = list(LAYERS)
 PURE = {"constants", "spec", "scaling", "config", "fileio"}  # no TensorFlow / Keras at import time
 FLAG_FILES = {"train/main.py", "export/__main__.py", "data/convert.py", "train/__main__.py",
-              "weights/__main__.py", "evaluate.py"}
+              "weights/__main__.py", "evaluate.py", "predict.py"}
 
 
 def _layer(top: str) -> str:

@@ -15,7 +15,8 @@ from efficientnet_tf.export.saved_model import (
 )
 
 __all__ = ["SIGNATURES", "ServingModule", "export_saved_model", "model_outputs_logits",
-           "next_version", "export_tflite", "load_model_for_export", "fold_batch_norm"]
+           "next_version", "export_tflite", "load_model_for_export", "fold_batch_norm",
+           "Predictor"]
 
 
 def __getattr__(name):  # lazy: TFLite, checkpoint loading and folding import more of TF/Keras
@@ -27,6 +28,10 @@ def __getattr__(name):  # lazy: TFLite, checkpoint loading and folding import mo
         from efficientnet_tf.export.checkpoint import load_model_for_export
 
         return load_model_for_export
+    if name == "Predictor":
+        from efficientnet_tf.export.predictor import Predictor
+
+        return Predictor
     if name == "fold_batch_norm":
         from efficientnet_tf.export.fold import fold_batch_norm
 

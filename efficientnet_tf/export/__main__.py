@@ -87,7 +87,8 @@ def run() -> str:
             name = f"{os.path.basename(path)}_{kind}.tflite"
             out = tflite.export_tflite(loaded.model, os.path.join(FLAGS.export_dir, "tflite", name),
                                        quantization=kind, representative_data=data,
-                                       image_size=size)
+                                       image_size=size, crop_padding=crop,
+                                       resize_method=resize, label_names=labels)
             print(f"TFLite ({kind}) written to {out}")
     return path
 

@@ -79,8 +79,12 @@ def _as_generator(representative_data, image_size: int) -> Callable[[], Iterable
 
 def export_tflite(model: keras.Model, path: str, *, quantization: str = "float32",
                   representative_data=None, image_size: int | None = None,
-                  outputs_are_logits: bool | None = None) -> str:
-    """Writes a .tflite file (atomically) and returns its path.
+                  outputs_are_logits: bool | None = None,
+                  crop_padding: int = DEFAULT_CROP_PADDING, resize_method: str = "bicubic_tf1",
+                  label_names=None) -> str:
+    """Writes a .tflite file (atomically) and returns its path, and beside it `<path>.json`:
+    the eval preprocessing (image_size, crop_padding, resize_method) and label names, which
+    export.Predictor applies.
 
     quantization="int8" needs representative_data: a callable returning an iterable of float32
     images [s, s, 3] or batches [n, s, s, 3] in [0, 255] (e.g. tfrecord_calibration_images(...)),
@@ -108,6 +112,12 @@ def export_tflite(model: keras.Model, path: str, *, quantization: str = "float32
         converter.representative_dataset = _as_generator(representative_data, size)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     flatbuffer = converter.convert()
+    import json
+
+    fileio.write_file(path + ".json", json.dumps({
+        "image_size": size, "crop_padding": crop_padding, "resize_method": resize_method,
+        "quantization": quantization, "num_classes": int(model.outputs[0].shape[-1]),
+        "label_names": list(label_names) if label_names else None}, indent=1))
     return fileio.write_file(path, flatbuffer)
 
 

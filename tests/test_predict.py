@@ -1,0 +1,98 @@
+"""export.Predictor and python -m efficientnet_tf.predict: a .tflite (ai_edge_litert) or a
+SavedModel on files, bytes and arrays of real photos, any batch size, bad files reported."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from skimage import data
+
+from efficientnet_tf import EfficientNet
+from efficientnet_tf.data import preprocessing
+from efficientnet_tf.export import Predictor, export_saved_model, export_tflite
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE, CLASSES = 48, 6
+LABELS = [f"thing_{i}" for i in range(CLASSES)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict")
+    model = EfficientNet(0.25, 0.25, default_size=SIZE, classes=CLASSES,
+                         classifier_activation="softmax", drop_connect_rate=0.0)
+    rng = np.random.default_rng(0)  # non-trivial BN statistics
+    for layer in model.layers:
+        if hasattr(layer, "moving_variance"):
+            layer.moving_mean.assign(rng.normal(0, 0.2, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
+    tfl = export_tflite(model, str(d / "m.tflite"), crop_padding=8, resize_method="bilinear",
+                        label_names=LABELS)
+    saved = export_saved_model(model, str(d / "serving"), image_size=SIZE, crop_padding=8,
+                               resize_method="bilinear", label_names=LABELS, top_k=CLASSES)
+    photos = {"astronaut.jpg": data.astronaut(), "coffee.png": data.coffee(),
+              "chelsea.jpg": data.chelsea()}
+    files = []
+    for name, image in photos.items():
+        path = str(d / name)
+        enc = tf.io.encode_png(image) if name.endswith(".png") else tf.io.encode_jpeg(image)
+        tf.io.write_file(path, enc)
+        files.append(path)
+    bad = str(d / "notes.jpg")
+    with open(bad, "w") as f:
+        f.write("not an image")
+    want = model(np.stack([preprocessing.preprocess_for_eval(
+        tf.io.read_file(p), SIZE, 8, resize_method="bilinear").numpy() for p in files])).numpy()
+    return {"tflite": tfl, "saved": saved, "files": files, "bad": bad, "want": want,
+            "camera": data.camera(), "dir": d}
+
+
+def test_tflite_on_files_bytes_and_arrays_matches_keras(exported):
+    p = Predictor(exported["tflite"], num_threads=2, top_k=3)
+    assert p.runtime == "ai_edge_litert" and p.image_size == SIZE and p.crop_padding == 8
+    assert p.resize_method == "bilinear" and p.label_names == LABELS  # from m.tflite.json
+    f = exported["files"]
+    items = [f[0], exported["bad"], open(f[1], "rb").read(), f[2], exported["camera"]]
+    results = p.predict(items, batch_size=2)  # batches of 2: the interpreter input is resized
+    assert [r.ok for r in results] == [True, False, True, True, True]
+    assert "notes.jpg" in results[1].source and results[1].error
+    for r, want in zip([results[0], results[2], results[3]], exported["want"]):
+        assert r.classes[0] == int(np.argmax(want))
+        np.testing.assert_allclose(r.probabilities, np.sort(want)[::-1][:3], atol=1e-4)
+        assert r.names[0] == LABELS[r.classes[0]]
+    assert results[4].ok and len(results[4].classes) == 3  # grayscale array, repeated to RGB
+    one = p.predict([f[0]], batch_size=1)[0]
+    np.testing.assert_allclose(one.probabilities, results[0].probabilities, atol=1e-6)
+
+
+def test_saved_model_gives_the_same_answers_and_names(exported):
+    p = Predictor(exported["saved"], top_k=3)
+    assert p.runtime == "saved_model" and p.image_size == SIZE
+    results = p.predict(exported["files"])
+    for r, want in zip(results, exported["want"]):
+        assert r.classes[0] == int(np.argmax(want))
+        np.testing.assert_allclose(r.probabilities, np.sort(want)[::-1][:3], atol=1e-4)
+        assert r.names == [LABELS[c] for c in r.classes]
+
+
+def test_cli_prints_names_and_reports_the_bad_file(exported):
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "efficientnet_tf.predict", f"--model={exported['tflite']}",
+           "--top_k=2", exported["files"][0], exported["bad"], exported["files"][1]]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]
+    lines = [line for line in p.stdout.splitlines() if not line.startswith("#")]
+    assert lines[0].startswith(exported["files"][0] + ": thing_") and "%" in lines[0]
+    assert lines[1].startswith(exported["bad"] + ": ERROR")
+    assert lines[2].startswith(exported["files"][1] + ": thing_")
+    assert "1 of 3 file(s) failed" in p.stderr
+    js = subprocess.run(cmd[:5] + ["--json", exported["files"][2]], capture_output=True,
+                        text=True, env=env, timeout=300)
+    assert js.returncode == 0, js.stderr[-2000:]
+    out = json.loads(js.stdout)
+    assert out[0]["names"][0].startswith("thing_") and len(out[0]["probabilities"]) == 2
+    none = subprocess.run(cmd[:5], capture_output=True, text=True, env=env, timeout=300)
+    assert none.returncode == 2 and "image files" in none.stderr
