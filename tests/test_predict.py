@@ -47,7 +47,7 @@ def exported(tmp_path_factory):
     want = model(np.stack([preprocessing.preprocess_for_eval(
         tf.io.read_file(p), SIZE, 8, resize_method="bilinear").numpy() for p in files])).numpy()
     return {"tflite": tfl, "saved": saved, "files": files, "bad": bad, "want": want,
-            "camera": data.camera(), "dir": d}
+            "camera": data.camera(), "dir": d, "model": model}
 
 
 def test_tflite_on_files_bytes_and_arrays_matches_keras(exported):
@@ -96,3 +96,12 @@ def test_cli_prints_names_and_reports_the_bad_file(exported):
     assert out[0]["names"][0].startswith("thing_") and len(out[0]["probabilities"]) == 2
     none = subprocess.run(cmd[:5], capture_output=True, text=True, env=env, timeout=300)
     assert none.returncode == 2 and "image files" in none.stderr
+
+
+def test_float16_file_is_smaller_and_agrees(exported, tmp_path):
+    path = export_tflite(exported["model"], str(tmp_path / "m16.tflite"), quantization="float16",
+                         crop_padding=8, resize_method="bilinear")
+    f32, f16 = Predictor(exported["tflite"], top_k=CLASSES), Predictor(path, top_k=CLASSES)
+    for x, y in zip(f32.predict(exported["files"]), f16.predict(exported["files"])):
+        np.testing.assert_allclose(sorted(x.probabilities), sorted(y.probabilities), atol=5e-3)
+    assert os.path.getsize(path) < 0.6 * os.path.getsize(exported["tflite"])

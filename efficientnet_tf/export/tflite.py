@@ -1,4 +1,5 @@
-"""TFLite export: float32, or int8 post-training quantization calibrated on real images.
+"""TFLite export: float32, float16 weights, or int8 post-training quantization calibrated on
+real images.
 
 The .tflite model is the serving_float signature with the batch fixed to 1 and only its
 probabilities output: float32 [1, size, size, 3] pixels in [0, 255] (already center-cropped and
@@ -19,7 +20,7 @@ from efficientnet_tf.constants import DEFAULT_CROP_PADDING
 from efficientnet_tf.export.saved_model import (ServingModule, model_image_size,
                                                 model_outputs_logits, signature)
 
-QUANTIZATIONS = ("float32", "int8")
+QUANTIZATIONS = ("float32", "float16", "int8")  # float16: weights stored as float16
 SIGNATURE = "serving_float"  # the SIGNATURE_TABLE entry a .tflite file is
 OUTPUTS = ("probabilities",)
 
@@ -111,6 +112,9 @@ def export_tflite(model: keras.Model, path: str, *, quantization: str = "float32
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _as_generator(representative_data, size)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    elif quantization == "float16":  # half the file; CPUs dequantize to float32 at load
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
     flatbuffer = converter.convert()
     import json
 
