@@ -8,9 +8,11 @@ scratch on a small labelled set? Prints JSON (and a table) of test top-1 for thr
 2. On classes 5-9 (sandal, shirt, sneaker, bag, ankle boot) with only `--per_class` labelled
    training images per class (250 in all), train for the same number of steps:
    - transfer: --init_weights=<the pretrain run> (EMA weights), a new head, everything trains;
-   - frozen: the same source with freeze=backbone (a linear head on frozen features);
-   - scratch: the same model from random weights, given twice the steps (more than the
-     transfer run's wall time, so the comparison does not favour transfer).
+   - frozen: the same source with freeze=backbone (a linear head on frozen features), with
+     Adam at 1e-2 as the Keras guide trains its head (the pooled features are small, ~0.05,
+     so the recipe's SGD rate barely moves a linear head in 300 steps);
+   - scratch: the same model from random weights, given 1.5x the steps (at least the transfer
+     run's wall time, which includes loading the source; all times are reported).
 3. Test top-1 (EMA weights) on the 5,000 test images of classes 5-9, per seed.
 The data come from Debian's dataset-fashion-mnist ($FASHION_MNIST_DIR overrides the folder).
 """
@@ -75,7 +77,7 @@ def main():
     p.add_argument("--per_class", type=int, default=50)
     p.add_argument("--pretrain_epochs", type=float, default=3)
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (batch 25)")
-    p.add_argument("--scratch_steps", type=int, default=None, help="default: 2 x --steps")
+    p.add_argument("--scratch_steps", type=int, default=None, help="default: 1.5 x --steps")
     args = p.parse_args()
     t_all = time.perf_counter()
     pre_data = _records(os.path.join(args.out, "data_0_4"), range(5), None, 0)
@@ -85,11 +87,11 @@ def main():
     print(f"  pretrain top-1 {pre['top1']:.4f} on classes 0-4 ({pre_s / 60:.1f} min)", flush=True)
     common = ["train_batch_size=25", "eval_batch_size=1000", "steps_per_execution=25",
               "optimizer.warmup_epochs=1", "optimizer.ema_decay=0.99"]
-    steps, scratch_steps = f"train_steps={args.steps}", args.scratch_steps or 2 * args.steps
+    steps, scratch_steps = f"train_steps={args.steps}", args.scratch_steps or 3 * args.steps // 2
     runs = {
         "transfer": [steps, f"finetune.init_weights={pre_dir}", "finetune.new_head=true"],
         "frozen": [steps, f"finetune.init_weights={pre_dir}", "finetune.new_head=true",
-                   "finetune.freeze=backbone"],
+                   "finetune.freeze=backbone", "optimizer.name=adam", "optimizer.lr=0.1"],
         "scratch": [f"train_steps={scratch_steps}"],
     }
     results = []
