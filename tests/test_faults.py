@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,3 +78,67 @@ def test_on_nonfinite_restore_goes_back_and_continues_at_most_k_times(tmp_path):
     with pytest.raises(FloatingPointError, match=r"at step 7 .*after 1 restore\(s\)"):
         once.train()
     assert tf.train.latest_checkpoint(str(tmp_path / "b")).endswith("ckpt-6")
+
+
+def train_command(model_dir, *extra):
+    return [sys.executable, "-m", "efficientnet_tf.train", "--config=fashion_mnist",
+            "--use_synthetic_data", f"--model_dir={model_dir}", "--mode=train", "--logtostderr",
+            "--override=model.width_coefficient=0.1", "--override=model.depth_coefficient=0.1",
+            f"--override=data.image_size={SIZE}", "--train_batch_size=4", *extra]
+
+
+def history_steps(model_dir):
+    path = os.path.join(model_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+
+
+def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(tmp_path):
+    """A real SIGTERM mid-loop (1000 steps per compiled call): the loop stops at the next step,
+    saves there, exits 143; rerunning the same command restores that step and finishes."""
+    model_dir = str(tmp_path / "m")
+    cmd = train_command(model_dir, "--train_steps=3000", "--steps_per_execution=1000",
+                        "--override=checkpoint_every_steps=100000")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    while 1000 not in history_steps(model_dir):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "the first loop never finished"
+        time.sleep(0.1)
+    time.sleep(2)  # inside the second compiled call (about 8 s long here)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    saved = tf.train.latest_checkpoint(model_dir)
+    step = int(saved.rsplit("-", 1)[1])
+    assert 1000 < step < 2000, out[-2000:]  # not at a loop boundary: stopped inside the call
+    assert f"SIGTERM at step {step}: saved {saved}" in out
+    assert "Traceback" not in out
+    assert history_steps(model_dir) == [1000, step]
+
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Restored {saved} (step {step})" in again.stderr
+    assert history_steps(model_dir) == [1000, step, step + 1000, 3000]
+
+
+def test_the_sigterm_watcher_puts_the_previous_handler_back():
+    from efficientnet_tf.train.preemption import SigtermWatcher
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        watcher = SigtermWatcher()
+        with watcher:
+            assert signal.getsignal(signal.SIGTERM) != mine
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert watcher.received.wait(5) and int(watcher.flag.numpy()) == 1
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.set_wakeup_fd(-1) == -1  # no wakeup fd left behind
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from efficientnet_tf import fileio
 from efficientnet_tf.ema import ExponentialMovingAverage
+from efficientnet_tf.train import preemption
 from efficientnet_tf.train.strategy import per_replica_batch_size
 from efficientnet_tf.train.task import ClassificationTask
 
@@ -73,6 +74,7 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints if self.is_chief else 1,
             step_counter=self.optimizer.iterations)
+        self._sigterm = preemption.SigtermWatcher()
         self._train_loop = None
         self._eval_step = None
 
@@ -99,19 +101,30 @@ class Trainer:
     def _make_train_loop(self):
         step_fn = tf.function(self._replica_train_step, jit_compile=self.jit_compile)
 
+        multi_worker = preemption.num_workers(self.strategy) > 1
+        flag = self._sigterm.flag
+
+        def stop_requested():  # the same answer on every worker
+            if not multi_worker:
+                return flag.read_value() > 0
+            local = self.strategy.run(lambda: tf.identity(flag.read_value()))
+            return self.strategy.reduce("SUM", local, axis=None) > 0
+
         @tf.function
         def train_loop(iterator, steps):
             total_ce = tf.constant(0.0)
             total_correct = tf.constant(0.0)
             done = tf.constant(0)
-            for _ in tf.range(steps):
+            go = tf.logical_not(stop_requested())
+            # No `break`: it would put the step (and its collectives) inside a tf.cond.
+            while tf.logical_and(go, done < steps):
                 ce, correct = self.strategy.run(step_fn, args=next(iterator))
                 ce = self.strategy.reduce("SUM", ce, axis=None)
                 total_ce += ce
                 total_correct += self.strategy.reduce("SUM", correct, axis=None)
                 done += 1
-                if not tf.math.is_finite(ce):  # stop at the bad step (same on every replica)
-                    break
+                # Stop at a non-finite loss (the same on every replica) or after SIGTERM.
+                go = tf.logical_and(tf.math.is_finite(ce), tf.logical_not(stop_requested()))
             return total_ce, total_correct, done
 
         return train_loop
@@ -152,20 +165,30 @@ class Trainer:
         writer = (tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
                   if self.is_chief else tf.summary.create_noop_writer())
         history_path = os.path.join(self.model_dir, "history.jsonl") if self.is_chief else None
-        spe = max(1, cfg.steps_per_execution)
-        ckpt_every = cfg.checkpoint_every_steps or self.steps_per_epoch
-        last_ckpt, restores = step, 0
+        last_ckpt = step
         if cfg.on_nonfinite == "restore" and not self.manager.latest_checkpoint:
             self._save(step)  # something to go back to
         start_step, t_start = step, time.perf_counter()
         self.log(f"Training {self.model.name}: steps {step} -> {total_steps} "
                  f"({self.steps_per_epoch} per epoch), global batch {self.global_batch} on "
                  f"{self.strategy.num_replicas_in_sync} replica(s); {self._bn_description()}.")
+        with self._sigterm:
+            result = self._loop(iterator, step, total_steps, eval_every_steps, writer,
+                                history_path, start_step, t_start, last_ckpt)
+        writer.flush()
+        return result
+
+    def _loop(self, iterator, step, total_steps, eval_every_steps, writer, history_path,
+              start_step, t_start, last_ckpt):
+        cfg, spe, restores = self.config, max(1, self.config.steps_per_execution), 0
+        ckpt_every = cfg.checkpoint_every_steps or self.steps_per_epoch
         while step < total_steps:
-            n = min(spe, total_steps - step)
+            want = min(spe, total_steps - step)
             t0 = time.perf_counter()
-            ce, correct, n = self._train_loop(iterator, tf.constant(n))
+            ce, correct, n = self._train_loop(iterator, tf.constant(want))
             ce, correct, n = float(ce), float(correct), int(n)
+            if n == 0:  # SIGTERM before the first step of this call
+                return self._preempted(step, last_ckpt)
             dt = time.perf_counter() - t0
             step = int(self.optimizer.iterations.numpy())
             images = n * self.global_batch
@@ -190,8 +213,17 @@ class Trainer:
             self._progress(rec, start_step, total_steps, t_start)
             if history_path:
                 fileio.append_line(history_path, json.dumps(rec))
-        writer.flush()
+            if n < want:  # stopped early, with a finite loss: SIGTERM
+                return self._preempted(step, last_ckpt)
         return {"step": step}
+
+    def _preempted(self, step: int, last_ckpt: int) -> dict:
+        """After SIGTERM: a checkpoint at this step (every worker takes part), then return."""
+        if step != last_ckpt:
+            self._save(step)
+        self.log(f"SIGTERM at step {step}: saved {self.manager.latest_checkpoint}; run the same "
+                 "command again to resume.")
+        return {"step": step, "preempted": True}
 
     def _save(self, step: int) -> None:
         """Saves a checkpoint, unless the weights hold NaN/Inf (which the next loss would show)."""

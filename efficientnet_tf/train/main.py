@@ -108,7 +108,10 @@ def run():
     if FLAGS.mode == "train_and_eval":
         eval_every = eval_interval(trainer.total_steps, trainer.steps_per_epoch,
                                    FLAGS.eval_every_epochs)
-    trainer.train(eval_every_steps=eval_every)
+    if trainer.train(eval_every_steps=eval_every).get("preempted"):
+        from efficientnet_tf.train.preemption import EXIT_CODE
+
+        sys.exit(EXIT_CODE)  # the checkpoint is saved; the same command resumes from it
     from efficientnet_tf.train.evaluate import plot_history
 
     plot_history(FLAGS.model_dir)
