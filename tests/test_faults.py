@@ -142,3 +142,68 @@ def test_the_sigterm_watcher_puts_the_previous_handler_back():
         assert signal.set_wakeup_fd(-1) == -1  # no wakeup fd left behind
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------- bad records
+sys.path.insert(0, os.path.dirname(__file__))
+import tiny_records  # noqa: E402
+
+BAD = {1: b"not an image at all", 6: b"", 9: tiny_records.jpeg(9)[:150]}  # junk, empty, truncated
+
+
+def records_config(data_dir, *extra):
+    return cfglib.apply_overrides(cfglib.load_config("fashion_mnist"),
+                                  tiny_records.overrides(data_dir) + list(extra))
+
+
+def test_undecodable_images_are_dropped_before_batching_and_counted_exactly(tmp_path):
+    from efficientnet_tf.data.pipeline import build_dataset
+
+    tiny_records.write_records(str(tmp_path), n_train=16, bad=BAD)
+    config = records_config(str(tmp_path)).data
+    counts = tf.Variable([0, 0], dtype=tf.int64)
+    ds = build_dataset(config, "train", 4, repeat=False, counts=counts)
+    assert ds.element_spec[0].shape.as_list() == [4, SIZE, SIZE, 3]  # static, full batches
+    labels = np.concatenate([labels.numpy() for _, labels in ds])
+    assert len(labels) == 12  # 13 good images -> 3 full batches
+    assert counts.numpy().tolist() == [16, 3]  # read, skipped: exactly the 3 bad records
+
+
+def test_training_skips_bad_images_reports_them_and_stops_above_the_fraction(tmp_path):
+    from efficientnet_tf.train.loop import BadDataError, Trainer
+
+    data = str(tmp_path / "data")
+    tiny_records.write_records(data, n_train=16, bad=BAD, val_bad={0: b"", 3: b"junk"})
+    logs = []
+    config = records_config(data, "data.max_bad_fraction=0.25")
+    trainer = Trainer(config, str(tmp_path / "ok"), log=logs.append)
+    assert trainer.train()["step"] == 4
+    with open(tmp_path / "ok" / "history.jsonl") as f:
+        counts = [json.loads(line)["skipped_records"] for line in f]
+    assert counts[-1] >= 3, counts  # a pass over the 16 records at least (the input reads ahead)
+    assert any("skipped" in line and "bad images" in line for line in logs)
+    events = tf.io.gfile.glob(str(tmp_path / "ok" / "train" / "events.out.tfevents.*"))
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
+    assert "data/skipped_records" in tags
+    result = trainer.evaluate()
+    assert result["examples"] == 6 and result["skipped"] == 2  # accuracy over the 6 good ones
+
+    strict = Trainer(records_config(data, "data.max_bad_fraction=0.1"), str(tmp_path / "strict"),
+                     log=lambda *_: None)
+    with pytest.raises(BadDataError, match=r"undecodable .* more than data.max_bad_fraction=0.1"):
+        strict.train()
+
+
+def test_a_truncated_tfrecord_file_loses_only_its_rest_with_a_warning_naming_it(tmp_path, capfd):
+    from efficientnet_tf.data.pipeline import build_dataset
+
+    tiny_records.write_records(str(tmp_path), n_train=16)
+    shard = tmp_path / "train-00001-of-00002"  # records 1, 3, ..., 15
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) * 5 // 8])  # cuts the 5th record
+    ds = build_dataset(records_config(str(tmp_path)).data, "train", 1, repeat=False)
+    n = sum(1 for _ in ds)
+    assert n == 8 + 4  # all of the intact file, the 4 whole records of the cut one
+    err = capfd.readouterr().err
+    assert f'TFRecord file "{shard}" is truncated or corrupt' in err
+    assert "train-00000-of-00002" not in err

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from efficientnet_tf import constants
 from efficientnet_tf.config import DataConfig  # noqa: F401  (the pipeline's config; re-exported)
-from efficientnet_tf.data import preprocessing, tfrecord
+from efficientnet_tf.data import bad_records, preprocessing, tfrecord
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_DTYPES = {name: tf.as_dtype(name) for name in constants.IMAGE_DTYPES}
@@ -75,7 +75,7 @@ def _tfrecord_source(config, split, is_train, input_context) -> tf.data.Dataset:
     """(encoded image, int32 label) per record, file-sharded per input pipeline."""
     check_dataset_info(config)
     files = list_files(config, split)
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = tf.data.Dataset.from_tensor_slices((files, bad_records.file_sizes(files)))
     record_shard = False
     if input_context and input_context.num_input_pipelines > 1:
         if len(files) >= input_context.num_input_pipelines:
@@ -84,7 +84,7 @@ def _tfrecord_source(config, split, is_train, input_context) -> tf.data.Dataset:
             record_shard = True  # too few files: every pipeline reads all, keeps its share
     if is_train:
         ds = ds.shuffle(len(files), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+    ds = ds.interleave(bad_records.read_tfrecord_file,  # a truncated file: the rest of it lost
                        cycle_length=min(config.cycle_length, len(files)),
                        num_parallel_calls=AUTOTUNE,
                        deterministic=config.deterministic or not is_train)
@@ -134,6 +134,16 @@ def _check_labels(label, num_classes):
         return tf.identity(label)
 
 
+def _count_and_keep_decodable(counts):
+    def keep(image, label, ok):
+        if counts is None:
+            return ok
+        bad = tf.cast(tf.logical_not(ok), tf.int64)
+        with tf.control_dependencies([counts.assign_add(tf.stack([tf.constant(1, tf.int64), bad]))]):
+            return tf.identity(ok)
+    return keep
+
+
 def _to_dtype(images: tf.Tensor, dtype: str) -> tf.Tensor:
     if dtype == "uint8":
         return tf.cast(tf.round(images), tf.uint8)
@@ -142,12 +152,16 @@ def _to_dtype(images: tf.Tensor, dtype: str) -> tf.Tensor:
 
 def build_dataset(config: DataConfig, split: str, batch_size: int,
                   input_context: tf.distribute.InputContext | None = None,
-                  repeat: bool | None = None, drop_remainder: bool | None = None) -> tf.data.Dataset:
+                  repeat: bool | None = None, drop_remainder: bool | None = None,
+                  counts: tf.Variable | None = None) -> tf.data.Dataset:
     """Batches of (images [b, s, s, 3] of config.image_dtype, labels int32 [b]).
 
     batch_size is the global batch when input_context is given (per replica:
     input_context.get_per_replica_batch_size). Train: shuffled, repeated, drop_remainder=True
     (static shapes for TPU). Eval: fixed order, one pass, drop_remainder=config.eval_drop_remainder.
+    Undecodable images (bad_records.looks_decodable) are dropped before batching, so batches stay
+    full; `counts` (an int64 tf.Variable [2] on the CPU), when given, adds (images read,
+    images skipped) as they pass, before batching.
     """
     is_train = _split(split) == "train"
     repeat = is_train if repeat is None else repeat
@@ -186,21 +200,28 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
             ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed).batch(2)))
             ds = ds.map(lambda pair, s: (pair[0], pair[1], s))
 
-        def preprocess(image, label, elem_seed=None):
-            image = preprocessing.preprocess_for_train(
+        def decode(image, elem_seed):
+            return preprocessing.preprocess_for_train(
                 image, size, config.augment_name, config.randaug_num_layers,
                 config.randaug_magnitude, config.resize_method, seed=elem_seed,
                 min_crop_area=config.min_crop_area, random_flip=config.random_flip,
                 crop_padding=config.crop_padding)
-            return _to_dtype(image, config.image_dtype), _check_labels(label, config.num_classes)
     else:
-        def preprocess(image, label):
-            image = preprocessing.preprocess_for_eval(image, size, config.crop_padding,
-                                                      config.resize_method)
-            return _to_dtype(image, config.image_dtype), _check_labels(label, config.num_classes)
+        def decode(image, elem_seed):
+            return preprocessing.preprocess_for_eval(image, size, config.crop_padding,
+                                                     config.resize_method)
+
+    dtype = IMAGE_DTYPES[config.image_dtype]
+
+    def preprocess(image, label, elem_seed=None):
+        ok = bad_records.looks_decodable(image)
+        image = tf.cond(ok, lambda: _to_dtype(decode(image, elem_seed), config.image_dtype),
+                        lambda: tf.zeros([size, size, 3], dtype))
+        return image, _check_labels(label, config.num_classes), ok
 
     deterministic = config.deterministic or not is_train
     ds = ds.map(preprocess, num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)
+    ds = ds.filter(_count_and_keep_decodable(counts)).map(lambda image, label, ok: (image, label))
     ds = ds.batch(batch, drop_remainder=drop_remainder)
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()

@@ -48,7 +48,7 @@ class Trainer:
         self.global_batch = config.train_batch_size
         self.per_replica = per_replica_batch_size(self.global_batch, self.strategy)
         per_replica_batch_size(config.eval_batch_size, self.strategy)
-        n_train = self.task.num_train_examples()
+        self.num_train_examples = n_train = self.task.num_train_examples()
         self.steps_per_epoch = max(1, n_train // self.global_batch)
         # The reference's warm-up and decay boundaries use the unfloored steps per epoch.
         self._exact_steps_per_epoch = max(1.0, n_train / self.global_batch)
@@ -75,17 +75,64 @@ class Trainer:
             self.checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints if self.is_chief else 1,
             step_counter=self.optimizer.iterations)
         self._sigterm = preemption.SigtermWatcher()
+        with tf.device("/cpu:0"):  # written by the input pipelines (pipeline.build_dataset)
+            self._counts = {k: tf.Variable([0, 0], dtype=tf.int64, trainable=False,
+                                           name=f"records_{k}") for k in ("train", "eval")}
+        self._sum_over_workers = None
+        if preemption.num_workers(self.strategy) > 1:
+            per_worker = (self.strategy.num_replicas_in_sync
+                          // preemption.num_workers(self.strategy))
+
+            @tf.function
+            def sum_over_workers(var):
+                local = self.strategy.run(lambda: tf.identity(var.read_value()))
+                return self.strategy.reduce("SUM", local, axis=None) // per_worker
+
+            self._sum_over_workers = sum_over_workers
         self._train_loop = None
         self._eval_step = None
 
     # ---------------------------------------------------------------- data
     def _train_dataset(self, start_step: int):
         return self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.task.train_dataset(ctx, self.global_batch, start_step))
+            lambda ctx: self.task.train_dataset(ctx, self.global_batch, start_step,
+                                                counts=self._counter("train")))
 
     def _eval_dataset(self):
         return self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.task.eval_dataset(ctx, self.config.eval_batch_size))
+            lambda ctx: self.task.eval_dataset(ctx, self.config.eval_batch_size,
+                                               counts=self._counter("eval")))
+
+    def _counter(self, split):
+        """The CPU variable counting this split's (read, skipped) images, None where the input
+        pipelines run on other hosts (a TPU pod slice), which cannot write to it: there bad
+        images are skipped but not counted."""
+        if getattr(self.strategy.extended, "num_hosts", 1) > 1:
+            return None
+        return self._counts[split]
+
+    def record_counts(self, split: str = "train") -> tuple[int, int]:
+        """(images read, undecodable images skipped) of the split so far, over all workers; the
+        input pipeline reads ahead of training, so `read` runs ahead of the trained images."""
+        counts = self._counts[split]
+        if self._sum_over_workers is not None:
+            counts = self._sum_over_workers(counts)
+        read, skipped = (int(v) for v in counts.numpy())
+        return read, skipped
+
+    def _check_bad_fraction(self) -> int:
+        """The skipped count; stops the job once it is more than data.max_bad_fraction of the
+        images read (at least one epoch counts as read, so an early bad shard is no alarm)."""
+        read, skipped = self.record_counts("train")
+        limit = self.config.data.max_bad_fraction
+        if skipped > limit * max(read, self.num_train_examples):
+            raise BadDataError(
+                f"{skipped} of the {read} training images read so far were undecodable (empty, "
+                f"not an image, or truncated): more than data.max_bad_fraction={limit} (counting "
+                f"at least one epoch, {self.num_train_examples} images). Rewrite the TFRecords "
+                "(python -m efficientnet_tf.data.convert skips and lists bad images) or raise "
+                "data.max_bad_fraction.")
+        return skipped
 
     # ---------------------------------------------------------------- steps
     def _replica_train_step(self, images, labels):
@@ -199,9 +246,11 @@ class Trainer:
                 restores += 1
                 step = last_ckpt = self._after_nonfinite(rec, restores)
                 continue
+            rec["skipped_records"] = self._check_bad_fraction()
             with writer.as_default(step=step):
                 for key in ("loss", "accuracy", "lr", "images_per_s"):
                     tf.summary.scalar(f"train/{key}", rec[key])
+                tf.summary.scalar("data/skipped_records", rec["skipped_records"])
             if step - last_ckpt >= ckpt_every or step >= total_steps:
                 self._save(step)
                 last_ckpt = step
@@ -264,6 +313,8 @@ class Trainer:
         line = (f"step {rec['step']}/{total_steps} epoch {rec['epoch']:.2f} loss {rec['loss']:.4f} "
                 f"acc {rec['accuracy']:.4f} lr {rec['lr']:.5f} {rec['images_per_s']:.0f} img/s "
                 f"eta {eta / 60:.1f} min")
+        if rec.get("skipped_records"):
+            line += f" skipped {rec['skipped_records']} bad images"
         if "eval" in rec:
             line += f" | eval top1 {rec['eval']['top1']:.4f} (ema={rec['eval']['ema']})"
         self.log(line)
@@ -281,12 +332,19 @@ class Trainer:
             self._eval_step = eval_step
         use_ema = bool(use_ema and self.ema is not None)
         totals = np.zeros(4)
+        self._counts["eval"].assign([0, 0])
         with self.ema_weights() if use_ema else contextlib.nullcontext():
             for batch in self._eval_dataset():
                 totals += np.array([float(v) for v in self._eval_step(batch)])
         n = max(totals[3], 1.0)
+        # examples: the images the accuracy is over; skipped: undecodable ones left out.
         return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n,
-                "examples": int(totals[3]), "ema": use_ema}
+                "examples": int(totals[3]), "skipped": self.record_counts("eval")[1],
+                "ema": use_ema}
+
+
+class BadDataError(ValueError):
+    """Too many undecodable training images (see DataConfig.max_bad_fraction)."""
 
 
 def _is_chief(strategy) -> bool:

@@ -118,7 +118,8 @@ def run():
     if FLAGS.mode == "train_and_eval":
         result = trainer.evaluate()
         print(f"Final eval (EMA={result['ema']}): top-1 {result['top1']:.4f} top-5 "
-              f"{result['top5']:.4f} on {result['examples']} images")
+              f"{result['top5']:.4f} on {result['examples']} images ({result['skipped']} "
+              "undecodable ones skipped)")
     if FLAGS.export_dir and trainer.is_chief:
         from efficientnet_tf.export import export_saved_model, load_model_for_export
 
