@@ -71,7 +71,7 @@ def check_dataset_info(config: DataConfig) -> None:
                 f"--override=data.{key}={info[key]}).")
 
 
-def _tfrecord_source(config, split, is_train, input_context) -> tf.data.Dataset:
+def _tfrecord_source(config, split, is_train, input_context, counts) -> tf.data.Dataset:
     """(encoded image, int32 label) per record, file-sharded per input pipeline."""
     check_dataset_info(config)
     files = list_files(config, split)
@@ -84,21 +84,25 @@ def _tfrecord_source(config, split, is_train, input_context) -> tf.data.Dataset:
             record_shard = True  # too few files: every pipeline reads all, keeps its share
     if is_train:
         ds = ds.shuffle(len(files), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(bad_records.read_tfrecord_file,  # a truncated file: the rest of it lost
+    # Vectors of up to bad_records.READ_BATCH records of one file at a time; a truncated file
+    # loses its rest only.
+    ds = ds.interleave(bad_records.read_tfrecord_file,
                        cycle_length=min(config.cycle_length, len(files)),
                        num_parallel_calls=AUTOTUNE,
                        deterministic=config.deterministic or not is_train)
     if record_shard:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ds = ds.unbatch().shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id).batch(bad_records.READ_BATCH)
 
-    def parse(serialized):
-        features = tfrecord.parse_example(serialized)
+    def parse(serialized):  # a vector of records
+        features = tf.io.parse_example(serialized, tfrecord.TRAIN_FEATURES)
         label = tf.cast(features[tfrecord.LABEL], tf.int32) - config.label_offset
-        return features[tfrecord.ENCODED], label
-    return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic or not is_train)
+        return _keep_decodable(features[tfrecord.ENCODED], label, counts)
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic or not is_train)
+    return ds.unbatch()
 
 
-def _tfds_source(config, split, is_train, input_context) -> tf.data.Dataset:
+def _tfds_source(config, split, is_train, input_context, counts) -> tf.data.Dataset:
     """(encoded image, int32 label) from a prepared TFDS data dir; images are not decoded here."""
     import tensorflow_datasets as tfds
     name, tfds_dir = _tfds_name_and_dir(config.data_dir)
@@ -110,8 +114,23 @@ def _tfds_source(config, split, is_train, input_context) -> tf.data.Dataset:
         shuffle_files=is_train, read_config=read_config,
         decoders={config.tfds_image_key: tfds.decode.SkipDecoding()})
     image_key, label_key = config.tfds_image_key, config.tfds_label_key
-    return ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)),
-                  num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(bad_records.READ_BATCH).map(
+        lambda ex: _keep_decodable(ex[image_key], tf.cast(ex[label_key], tf.int32), counts),
+        num_parallel_calls=AUTOTUNE)
+    return ds.unbatch()
+
+
+def _keep_decodable(image_bytes, labels, counts):
+    """The rows of (bytes [n], labels [n]) whose bytes look decodable; counts (an int64
+    variable [2], or None) adds (n, rows dropped)."""
+    ok = bad_records.looks_decodable(image_bytes)
+    image_bytes, labels = tf.boolean_mask(image_bytes, ok), tf.boolean_mask(labels, ok)
+    if counts is None:
+        return image_bytes, labels
+    n = tf.size(ok, out_type=tf.int64)
+    dropped = n - tf.size(labels, out_type=tf.int64)
+    with tf.control_dependencies([counts.assign_add(tf.stack([n, dropped]))]):
+        return tf.identity(image_bytes), tf.identity(labels)
 
 
 def _synthetic(config, batch, input_context, repeat) -> tf.data.Dataset:
@@ -134,16 +153,6 @@ def _check_labels(label, num_classes):
         return tf.identity(label)
 
 
-def _count_and_keep_decodable(counts):
-    def keep(image, label, ok):
-        if counts is None:
-            return ok
-        bad = tf.cast(tf.logical_not(ok), tf.int64)
-        with tf.control_dependencies([counts.assign_add(tf.stack([tf.constant(1, tf.int64), bad]))]):
-            return tf.identity(ok)
-    return keep
-
-
 def _to_dtype(images: tf.Tensor, dtype: str) -> tf.Tensor:
     if dtype == "uint8":
         return tf.cast(tf.round(images), tf.uint8)
@@ -159,9 +168,9 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
     batch_size is the global batch when input_context is given (per replica:
     input_context.get_per_replica_batch_size). Train: shuffled, repeated, drop_remainder=True
     (static shapes for TPU). Eval: fixed order, one pass, drop_remainder=config.eval_drop_remainder.
-    Undecodable images (bad_records.looks_decodable) are dropped before batching, so batches stay
-    full; `counts` (an int64 tf.Variable [2] on the CPU), when given, adds (images read,
-    images skipped) as they pass, before batching.
+    Undecodable images (bad_records.looks_decodable) are dropped where the records are parsed
+    (before cache, shuffle and batching, so batches stay full); `counts` (an int64 tf.Variable
+    [2] on the CPU), when given, adds (records read, records dropped) there.
     """
     is_train = _split(split) == "train"
     repeat = is_train if repeat is None else repeat
@@ -180,9 +189,9 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
                          "set synthetic=True")
 
     if config.data_dir.startswith("tfds:"):
-        ds = _tfds_source(config, split, is_train, input_context)
+        ds = _tfds_source(config, split, is_train, input_context, counts)
     else:
-        ds = _tfrecord_source(config, split, is_train, input_context)
+        ds = _tfrecord_source(config, split, is_train, input_context, counts)
     if config.cache:
         ds = ds.cache()
     seed = config.seed
@@ -211,17 +220,12 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
             return preprocessing.preprocess_for_eval(image, size, config.crop_padding,
                                                      config.resize_method)
 
-    dtype = IMAGE_DTYPES[config.image_dtype]
-
     def preprocess(image, label, elem_seed=None):
-        ok = bad_records.looks_decodable(image)
-        image = tf.cond(ok, lambda: _to_dtype(decode(image, elem_seed), config.image_dtype),
-                        lambda: tf.zeros([size, size, 3], dtype))
-        return image, _check_labels(label, config.num_classes), ok
+        image = _to_dtype(decode(image, elem_seed), config.image_dtype)
+        return image, _check_labels(label, config.num_classes)
 
     deterministic = config.deterministic or not is_train
     ds = ds.map(preprocess, num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)
-    ds = ds.filter(_count_and_keep_decodable(counts)).map(lambda image, label, ok: (image, label))
     ds = ds.batch(batch, drop_remainder=drop_remainder)
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
