@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,3 +78,132 @@ def test_on_nonfinite_restore_goes_back_and_continues_at_most_k_times(tmp_path):
     with pytest.raises(FloatingPointError, match=r"at step 7 .*after 1 restore\(s\)"):
         once.train()
     assert tf.train.latest_checkpoint(str(tmp_path / "b")).endswith("ckpt-6")
+
+
+def train_command(model_dir, *extra):
+    return [sys.executable, "-m", "efficientnet_tf.train", "--config=fashion_mnist",
+            "--use_synthetic_data", f"--model_dir={model_dir}", "--mode=train", "--logtostderr",
+            "--override=model.width_coefficient=0.1", "--override=model.depth_coefficient=0.1",
+            f"--override=data.image_size={SIZE}", "--train_batch_size=4", *extra]
+
+
+def history_steps(model_dir):
+    path = os.path.join(model_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+
+
+def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(tmp_path):
+    """A real SIGTERM mid-loop (1000 steps per compiled call): the loop stops at the next step,
+    saves there, exits 143; rerunning the same command restores that step and finishes."""
+    model_dir = str(tmp_path / "m")
+    cmd = train_command(model_dir, "--train_steps=3000", "--steps_per_execution=1000",
+                        "--override=checkpoint_every_steps=100000")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    while 1000 not in history_steps(model_dir):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "the first loop never finished"
+        time.sleep(0.1)
+    time.sleep(2)  # inside the second compiled call (about 8 s long here)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    saved = tf.train.latest_checkpoint(model_dir)
+    step = int(saved.rsplit("-", 1)[1])
+    assert 1000 < step < 2000, out[-2000:]  # not at a loop boundary: stopped inside the call
+    assert f"SIGTERM at step {step}: saved {saved}" in out
+    assert "Traceback" not in out
+    assert history_steps(model_dir) == [1000, step]
+
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Restored {saved} (step {step})" in again.stderr
+    assert history_steps(model_dir) == [1000, step, step + 1000, 3000]
+
+
+def test_the_sigterm_watcher_puts_the_previous_handler_back():
+    from efficientnet_tf.train.preemption import SigtermWatcher
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        watcher = SigtermWatcher()
+        with watcher:
+            assert signal.getsignal(signal.SIGTERM) != mine
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert watcher.received.wait(5) and int(watcher.flag.numpy()) == 1
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.set_wakeup_fd(-1) == -1  # no wakeup fd left behind
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------- bad records
+sys.path.insert(0, os.path.dirname(__file__))
+import tiny_records  # noqa: E402
+
+BAD = {1: b"not an image at all", 6: b"", 9: tiny_records.jpeg(9)[:150]}  # junk, empty, truncated
+
+
+def records_config(data_dir, *extra):
+    return cfglib.apply_overrides(cfglib.load_config("fashion_mnist"),
+                                  tiny_records.overrides(data_dir) + list(extra))
+
+
+def test_undecodable_images_are_dropped_before_batching_and_counted_exactly(tmp_path):
+    from efficientnet_tf.data.pipeline import build_dataset
+
+    tiny_records.write_records(str(tmp_path), n_train=16, bad=BAD)
+    config = records_config(str(tmp_path)).data
+    counts = tf.Variable([0, 0], dtype=tf.int64)
+    ds = build_dataset(config, "train", 4, repeat=False, counts=counts)
+    assert ds.element_spec[0].shape.as_list() == [4, SIZE, SIZE, 3]  # static, full batches
+    labels = np.concatenate([labels.numpy() for _, labels in ds])
+    assert len(labels) == 12  # 13 good images -> 3 full batches
+    assert counts.numpy().tolist() == [16, 3]  # read, skipped: exactly the 3 bad records
+
+
+def test_training_skips_bad_images_reports_them_and_stops_above_the_fraction(tmp_path):
+    from efficientnet_tf.train.loop import BadDataError, Trainer
+
+    data = str(tmp_path / "data")
+    tiny_records.write_records(data, n_train=16, bad=BAD, val_bad={0: b"", 3: b"junk"})
+    logs = []
+    config = records_config(data, "data.max_bad_fraction=0.25")
+    trainer = Trainer(config, str(tmp_path / "ok"), log=logs.append)
+    assert trainer.train()["step"] == 4
+    with open(tmp_path / "ok" / "history.jsonl") as f:
+        counts = [json.loads(line)["skipped_records"] for line in f]
+    assert counts[-1] >= 3, counts  # a pass over the 16 records at least (the input reads ahead)
+    assert any("skipped" in line and "bad images" in line for line in logs)
+    events = tf.io.gfile.glob(str(tmp_path / "ok" / "train" / "events.out.tfevents.*"))
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
+    assert "data/skipped_records" in tags
+    result = trainer.evaluate()
+    assert result["examples"] == 6 and result["skipped"] == 2  # accuracy over the 6 good ones
+
+    strict = Trainer(records_config(data, "data.max_bad_fraction=0.1"), str(tmp_path / "strict"),
+                     log=lambda *_: None)
+    with pytest.raises(BadDataError, match=r"undecodable .* more than data.max_bad_fraction=0.1"):
+        strict.train()
+
+
+def test_a_truncated_tfrecord_file_loses_only_its_rest_with_a_warning_naming_it(tmp_path, capfd):
+    from efficientnet_tf.data.pipeline import build_dataset
+
+    tiny_records.write_records(str(tmp_path), n_train=16)
+    shard = tmp_path / "train-00001-of-00002"  # records 1, 3, ..., 15
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) * 5 // 8])  # cuts the 5th record
+    ds = build_dataset(records_config(str(tmp_path)).data, "train", 1, repeat=False)
+    n = sum(1 for _ in ds)
+    assert n == 8 + 4  # all of the intact file, the 4 whole records of the cut one
+    err = capfd.readouterr().err
+    assert f'TFRecord file "{shard}" is truncated or corrupt' in err
+    assert "train-00000-of-00002" not in err

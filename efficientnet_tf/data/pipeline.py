@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from efficientnet_tf import constants
 from efficientnet_tf.config import DataConfig  # noqa: F401  (the pipeline's config; re-exported)
-from efficientnet_tf.data import preprocessing, tfrecord
+from efficientnet_tf.data import bad_records, preprocessing, tfrecord
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_DTYPES = {name: tf.as_dtype(name) for name in constants.IMAGE_DTYPES}
@@ -71,11 +71,11 @@ def check_dataset_info(config: DataConfig) -> None:
                 f"--override=data.{key}={info[key]}).")
 
 
-def _tfrecord_source(config, split, is_train, input_context) -> tf.data.Dataset:
+def _tfrecord_source(config, split, is_train, input_context, counts) -> tf.data.Dataset:
     """(encoded image, int32 label) per record, file-sharded per input pipeline."""
     check_dataset_info(config)
     files = list_files(config, split)
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = tf.data.Dataset.from_tensor_slices((files, bad_records.file_sizes(files)))
     record_shard = False
     if input_context and input_context.num_input_pipelines > 1:
         if len(files) >= input_context.num_input_pipelines:
@@ -84,21 +84,25 @@ def _tfrecord_source(config, split, is_train, input_context) -> tf.data.Dataset:
             record_shard = True  # too few files: every pipeline reads all, keeps its share
     if is_train:
         ds = ds.shuffle(len(files), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+    # Vectors of up to bad_records.READ_BATCH records of one file at a time; a truncated file
+    # loses its rest only.
+    ds = ds.interleave(bad_records.read_tfrecord_file,
                        cycle_length=min(config.cycle_length, len(files)),
                        num_parallel_calls=AUTOTUNE,
                        deterministic=config.deterministic or not is_train)
     if record_shard:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ds = ds.unbatch().shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id).batch(bad_records.READ_BATCH)
 
-    def parse(serialized):
-        features = tfrecord.parse_example(serialized)
+    def parse(serialized):  # a vector of records
+        features = tf.io.parse_example(serialized, tfrecord.TRAIN_FEATURES)
         label = tf.cast(features[tfrecord.LABEL], tf.int32) - config.label_offset
-        return features[tfrecord.ENCODED], label
-    return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic or not is_train)
+        return _keep_decodable(features[tfrecord.ENCODED], label, counts)
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic or not is_train)
+    return ds.unbatch()
 
 
-def _tfds_source(config, split, is_train, input_context) -> tf.data.Dataset:
+def _tfds_source(config, split, is_train, input_context, counts) -> tf.data.Dataset:
     """(encoded image, int32 label) from a prepared TFDS data dir; images are not decoded here."""
     import tensorflow_datasets as tfds
     name, tfds_dir = _tfds_name_and_dir(config.data_dir)
@@ -110,8 +114,23 @@ def _tfds_source(config, split, is_train, input_context) -> tf.data.Dataset:
         shuffle_files=is_train, read_config=read_config,
         decoders={config.tfds_image_key: tfds.decode.SkipDecoding()})
     image_key, label_key = config.tfds_image_key, config.tfds_label_key
-    return ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)),
-                  num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(bad_records.READ_BATCH).map(
+        lambda ex: _keep_decodable(ex[image_key], tf.cast(ex[label_key], tf.int32), counts),
+        num_parallel_calls=AUTOTUNE)
+    return ds.unbatch()
+
+
+def _keep_decodable(image_bytes, labels, counts):
+    """The rows of (bytes [n], labels [n]) whose bytes look decodable; counts (an int64
+    variable [2], or None) adds (n, rows dropped)."""
+    ok = bad_records.looks_decodable(image_bytes)
+    image_bytes, labels = tf.boolean_mask(image_bytes, ok), tf.boolean_mask(labels, ok)
+    if counts is None:
+        return image_bytes, labels
+    n = tf.size(ok, out_type=tf.int64)
+    dropped = n - tf.size(labels, out_type=tf.int64)
+    with tf.control_dependencies([counts.assign_add(tf.stack([n, dropped]))]):
+        return tf.identity(image_bytes), tf.identity(labels)
 
 
 def _synthetic(config, batch, input_context, repeat) -> tf.data.Dataset:
@@ -142,12 +161,16 @@ def _to_dtype(images: tf.Tensor, dtype: str) -> tf.Tensor:
 
 def build_dataset(config: DataConfig, split: str, batch_size: int,
                   input_context: tf.distribute.InputContext | None = None,
-                  repeat: bool | None = None, drop_remainder: bool | None = None) -> tf.data.Dataset:
+                  repeat: bool | None = None, drop_remainder: bool | None = None,
+                  counts: tf.Variable | None = None) -> tf.data.Dataset:
     """Batches of (images [b, s, s, 3] of config.image_dtype, labels int32 [b]).
 
     batch_size is the global batch when input_context is given (per replica:
     input_context.get_per_replica_batch_size). Train: shuffled, repeated, drop_remainder=True
     (static shapes for TPU). Eval: fixed order, one pass, drop_remainder=config.eval_drop_remainder.
+    Undecodable images (bad_records.looks_decodable) are dropped where the records are parsed
+    (before cache, shuffle and batching, so batches stay full); `counts` (an int64 tf.Variable
+    [2] on the CPU), when given, adds (records read, records dropped) there.
     """
     is_train = _split(split) == "train"
     repeat = is_train if repeat is None else repeat
@@ -166,9 +189,9 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
                          "set synthetic=True")
 
     if config.data_dir.startswith("tfds:"):
-        ds = _tfds_source(config, split, is_train, input_context)
+        ds = _tfds_source(config, split, is_train, input_context, counts)
     else:
-        ds = _tfrecord_source(config, split, is_train, input_context)
+        ds = _tfrecord_source(config, split, is_train, input_context, counts)
     if config.cache:
         ds = ds.cache()
     seed = config.seed
@@ -186,18 +209,20 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
             ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed).batch(2)))
             ds = ds.map(lambda pair, s: (pair[0], pair[1], s))
 
-        def preprocess(image, label, elem_seed=None):
-            image = preprocessing.preprocess_for_train(
+        def decode(image, elem_seed):
+            return preprocessing.preprocess_for_train(
                 image, size, config.augment_name, config.randaug_num_layers,
                 config.randaug_magnitude, config.resize_method, seed=elem_seed,
                 min_crop_area=config.min_crop_area, random_flip=config.random_flip,
                 crop_padding=config.crop_padding)
-            return _to_dtype(image, config.image_dtype), _check_labels(label, config.num_classes)
     else:
-        def preprocess(image, label):
-            image = preprocessing.preprocess_for_eval(image, size, config.crop_padding,
-                                                      config.resize_method)
-            return _to_dtype(image, config.image_dtype), _check_labels(label, config.num_classes)
+        def decode(image, elem_seed):
+            return preprocessing.preprocess_for_eval(image, size, config.crop_padding,
+                                                     config.resize_method)
+
+    def preprocess(image, label, elem_seed=None):
+        image = _to_dtype(decode(image, elem_seed), config.image_dtype)
+        return image, _check_labels(label, config.num_classes)
 
     deterministic = config.deterministic or not is_train
     ds = ds.map(preprocess, num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)

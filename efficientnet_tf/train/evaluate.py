@@ -31,7 +31,8 @@ def continuous_eval(trainer, timeout: float = 3600, min_interval_secs: float = 0
         step = int(trainer.optimizer.iterations.numpy())
         result = {"checkpoint": path, "step": step, **trainer.evaluate()}
         fileio.append_line(results_path, json.dumps(result))
-        trainer.log(f"eval step {step}: top-1 {result['top1']:.4f} top-5 {result['top5']:.4f}")
+        trainer.log(f"eval step {step}: top-1 {result['top1']:.4f} top-5 {result['top5']:.4f} "
+                    f"on {result['examples']} images ({result['skipped']} undecodable skipped)")
         if best is None or result["top1"] > best["top1"]:
             best = _save_best(model_dir, path, result)
         if step >= trainer.total_steps:

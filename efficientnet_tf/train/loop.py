@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from efficientnet_tf import fileio
 from efficientnet_tf.ema import ExponentialMovingAverage
+from efficientnet_tf.train import preemption
 from efficientnet_tf.train.strategy import per_replica_batch_size
 from efficientnet_tf.train.task import ClassificationTask
 
@@ -47,7 +48,7 @@ class Trainer:
         self.global_batch = config.train_batch_size
         self.per_replica = per_replica_batch_size(self.global_batch, self.strategy)
         per_replica_batch_size(config.eval_batch_size, self.strategy)
-        n_train = self.task.num_train_examples()
+        self.num_train_examples = n_train = self.task.num_train_examples()
         self.steps_per_epoch = max(1, n_train // self.global_batch)
         # The reference's warm-up and decay boundaries use the unfloored steps per epoch.
         self._exact_steps_per_epoch = max(1.0, n_train / self.global_batch)
@@ -78,17 +79,65 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints if self.is_chief else 1,
             step_counter=self.optimizer.iterations)
+        self._sigterm = preemption.SigtermWatcher()
+        with tf.device("/cpu:0"):  # written by the input pipelines (pipeline.build_dataset)
+            self._counts = {k: tf.Variable([0, 0], dtype=tf.int64, trainable=False,
+                                           name=f"records_{k}") for k in ("train", "eval")}
+        self._sum_over_workers = None
+        if preemption.num_workers(self.strategy) > 1:
+            per_worker = (self.strategy.num_replicas_in_sync
+                          // preemption.num_workers(self.strategy))
+
+            @tf.function
+            def sum_over_workers(var):
+                local = self.strategy.run(lambda: tf.identity(var.read_value()))
+                return self.strategy.reduce("SUM", local, axis=None) // per_worker
+
+            self._sum_over_workers = sum_over_workers
         self._train_loop = None
         self._eval_step = None
 
     # ---------------------------------------------------------------- data
     def _train_dataset(self, start_step: int):
         return self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.task.train_dataset(ctx, self.global_batch, start_step))
+            lambda ctx: self.task.train_dataset(ctx, self.global_batch, start_step,
+                                                counts=self._counter("train")))
 
     def _eval_dataset(self):
         return self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.task.eval_dataset(ctx, self.config.eval_batch_size))
+            lambda ctx: self.task.eval_dataset(ctx, self.config.eval_batch_size,
+                                               counts=self._counter("eval")))
+
+    def _counter(self, split):
+        """The CPU variable counting this split's (read, skipped) images, None where the input
+        pipelines run on other hosts (a TPU pod slice), which cannot write to it: there bad
+        images are skipped but not counted."""
+        if getattr(self.strategy.extended, "num_hosts", 1) > 1:
+            return None
+        return self._counts[split]
+
+    def record_counts(self, split: str = "train") -> tuple[int, int]:
+        """(images read, undecodable images skipped) of the split so far, over all workers; the
+        input pipeline reads ahead of training, so `read` runs ahead of the trained images."""
+        counts = self._counts[split]
+        if self._sum_over_workers is not None:
+            counts = self._sum_over_workers(counts)
+        read, skipped = (int(v) for v in counts.numpy())
+        return read, skipped
+
+    def _check_bad_fraction(self) -> int:
+        """The skipped count; stops the job once it is more than data.max_bad_fraction of the
+        images read (at least one epoch counts as read, so an early bad shard is no alarm)."""
+        read, skipped = self.record_counts("train")
+        limit = self.config.data.max_bad_fraction
+        if skipped > limit * max(read, self.num_train_examples):
+            raise BadDataError(
+                f"{skipped} of the {read} training images read so far were undecodable (empty, "
+                f"not an image, or truncated): more than data.max_bad_fraction={limit} (counting "
+                f"at least one epoch, {self.num_train_examples} images). Rewrite the TFRecords "
+                "(python -m efficientnet_tf.data.convert skips and lists bad images) or raise "
+                "data.max_bad_fraction.")
+        return skipped
 
     # ---------------------------------------------------------------- steps
     def _replica_train_step(self, images, labels):
@@ -108,19 +157,30 @@ class Trainer:
     def _make_train_loop(self):
         step_fn = tf.function(self._replica_train_step, jit_compile=self.jit_compile)
 
+        multi_worker = preemption.num_workers(self.strategy) > 1
+        flag = self._sigterm.flag
+
+        def stop_requested():  # the same answer on every worker
+            if not multi_worker:
+                return flag.read_value() > 0
+            local = self.strategy.run(lambda: tf.identity(flag.read_value()))
+            return self.strategy.reduce("SUM", local, axis=None) > 0
+
         @tf.function
         def train_loop(iterator, steps):
             total_ce = tf.constant(0.0)
             total_correct = tf.constant(0.0)
             done = tf.constant(0)
-            for _ in tf.range(steps):
+            go = tf.logical_not(stop_requested())
+            # No `break`: it would put the step (and its collectives) inside a tf.cond.
+            while tf.logical_and(go, done < steps):
                 ce, correct = self.strategy.run(step_fn, args=next(iterator))
                 ce = self.strategy.reduce("SUM", ce, axis=None)
                 total_ce += ce
                 total_correct += self.strategy.reduce("SUM", correct, axis=None)
                 done += 1
-                if not tf.math.is_finite(ce):  # stop at the bad step (same on every replica)
-                    break
+                # Stop at a non-finite loss (the same on every replica) or after SIGTERM.
+                go = tf.logical_and(tf.math.is_finite(ce), tf.logical_not(stop_requested()))
             return total_ce, total_correct, done
 
         return train_loop
@@ -181,20 +241,30 @@ class Trainer:
         writer = (tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
                   if self.is_chief else tf.summary.create_noop_writer())
         history_path = os.path.join(self.model_dir, "history.jsonl") if self.is_chief else None
-        spe = max(1, cfg.steps_per_execution)
-        ckpt_every = cfg.checkpoint_every_steps or self.steps_per_epoch
-        last_ckpt, restores = step, 0
+        last_ckpt = step
         if cfg.on_nonfinite == "restore" and not self.manager.latest_checkpoint:
             self._save(step)  # something to go back to
         start_step, t_start = step, time.perf_counter()
         self.log(f"Training {self.model.name}: steps {step} -> {total_steps} "
                  f"({self.steps_per_epoch} per epoch), global batch {self.global_batch} on "
                  f"{self.strategy.num_replicas_in_sync} replica(s); {self._bn_description()}.")
+        with self._sigterm:
+            result = self._loop(iterator, step, total_steps, eval_every_steps, writer,
+                                history_path, start_step, t_start, last_ckpt)
+        writer.flush()
+        return result
+
+    def _loop(self, iterator, step, total_steps, eval_every_steps, writer, history_path,
+              start_step, t_start, last_ckpt):
+        cfg, spe, restores = self.config, max(1, self.config.steps_per_execution), 0
+        ckpt_every = cfg.checkpoint_every_steps or self.steps_per_epoch
         while step < total_steps:
-            n = min(spe, total_steps - step)
+            want = min(spe, total_steps - step)
             t0 = time.perf_counter()
-            ce, correct, n = self._train_loop(iterator, tf.constant(n))
+            ce, correct, n = self._train_loop(iterator, tf.constant(want))
             ce, correct, n = float(ce), float(correct), int(n)
+            if n == 0:  # SIGTERM before the first step of this call
+                return self._preempted(step, last_ckpt)
             dt = time.perf_counter() - t0
             step = int(self.optimizer.iterations.numpy())
             images = n * self.global_batch
@@ -205,9 +275,11 @@ class Trainer:
                 restores += 1
                 step = last_ckpt = self._after_nonfinite(rec, restores)
                 continue
+            rec["skipped_records"] = self._check_bad_fraction()
             with writer.as_default(step=step):
                 for key in ("loss", "accuracy", "lr", "images_per_s"):
                     tf.summary.scalar(f"train/{key}", rec[key])
+                tf.summary.scalar("data/skipped_records", rec["skipped_records"])
             if step - last_ckpt >= ckpt_every or step >= total_steps:
                 self._save(step)
                 last_ckpt = step
@@ -219,8 +291,17 @@ class Trainer:
             self._progress(rec, start_step, total_steps, t_start)
             if history_path:
                 fileio.append_line(history_path, json.dumps(rec))
-        writer.flush()
+            if n < want:  # stopped early, with a finite loss: SIGTERM
+                return self._preempted(step, last_ckpt)
         return {"step": step}
+
+    def _preempted(self, step: int, last_ckpt: int) -> dict:
+        """After SIGTERM: a checkpoint at this step (every worker takes part), then return."""
+        if step != last_ckpt:
+            self._save(step)
+        self.log(f"SIGTERM at step {step}: saved {self.manager.latest_checkpoint}; run the same "
+                 "command again to resume.")
+        return {"step": step, "preempted": True}
 
     def _save(self, step: int) -> None:
         """Saves a checkpoint, unless the weights hold NaN/Inf (which the next loss would show)."""
@@ -261,6 +342,8 @@ class Trainer:
         line = (f"step {rec['step']}/{total_steps} epoch {rec['epoch']:.2f} loss {rec['loss']:.4f} "
                 f"acc {rec['accuracy']:.4f} lr {rec['lr']:.5f} {rec['images_per_s']:.0f} img/s "
                 f"eta {eta / 60:.1f} min")
+        if rec.get("skipped_records"):
+            line += f" skipped {rec['skipped_records']} bad images"
         if "eval" in rec:
             line += f" | eval top1 {rec['eval']['top1']:.4f} (ema={rec['eval']['ema']})"
         self.log(line)
@@ -278,12 +361,19 @@ class Trainer:
             self._eval_step = eval_step
         use_ema = bool(use_ema and self.ema is not None)
         totals = np.zeros(4)
+        self._counts["eval"].assign([0, 0])
         with self.ema_weights() if use_ema else contextlib.nullcontext():
             for batch in self._eval_dataset():
                 totals += np.array([float(v) for v in self._eval_step(batch)])
         n = max(totals[3], 1.0)
+        # examples: the images the accuracy is over; skipped: undecodable ones left out.
         return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n,
-                "examples": int(totals[3]), "ema": use_ema}
+                "examples": int(totals[3]), "skipped": self.record_counts("eval")[1],
+                "ema": use_ema}
+
+
+class BadDataError(ValueError):
+    """Too many undecodable training images (see DataConfig.max_bad_fraction)."""
 
 
 def _is_chief(strategy) -> bool:

@@ -115,14 +115,18 @@ def run():
     if FLAGS.mode == "train_and_eval":
         eval_every = eval_interval(trainer.total_steps, trainer.steps_per_epoch,
                                    FLAGS.eval_every_epochs)
-    trainer.train(eval_every_steps=eval_every)
+    if trainer.train(eval_every_steps=eval_every).get("preempted"):
+        from efficientnet_tf.train.preemption import EXIT_CODE
+
+        sys.exit(EXIT_CODE)  # the checkpoint is saved; the same command resumes from it
     from efficientnet_tf.train.evaluate import plot_history
 
     plot_history(FLAGS.model_dir)
     if FLAGS.mode == "train_and_eval":
         result = trainer.evaluate()
         print(f"Final eval (EMA={result['ema']}): top-1 {result['top1']:.4f} top-5 "
-              f"{result['top5']:.4f} on {result['examples']} images")
+              f"{result['top5']:.4f} on {result['examples']} images ({result['skipped']} "
+              "undecodable ones skipped)")
     if FLAGS.export_dir and trainer.is_chief:
         from efficientnet_tf.export import export_saved_model, load_model_for_export
 

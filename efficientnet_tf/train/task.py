@@ -111,8 +111,10 @@ class ClassificationTask:
             return self._num_train_examples
         return pipeline.count_examples(self.config.data, "train")
 
-    def train_dataset(self, ctx, global_batch: int, start_step: int = 0) -> tf.data.Dataset:
-        """Per-replica training batches for input pipeline ctx, resuming at start_step."""
+    def train_dataset(self, ctx, global_batch: int, start_step: int = 0,
+                      counts: tf.Variable | None = None) -> tf.data.Dataset:
+        """Per-replica training batches for input pipeline ctx, resuming at start_step;
+        undecodable images are dropped; `counts` adds (read, skipped) (see pipeline.build_dataset)."""
         dc = self.config.data
         resume = self.config.resume_data
         if resume == "reseed" and start_step:
@@ -121,19 +123,22 @@ class ClassificationTask:
         if self._custom_dataset_fn is not None:
             ds = self._custom_dataset_fn(ctx)
         else:
-            ds = pipeline.build_dataset(dc, "train", global_batch, input_context=ctx)
+            ds = pipeline.build_dataset(dc, "train", global_batch, input_context=ctx,
+                                        counts=counts)
         if start_step and resume == "skip":
             # Exact resume: replay the deterministic stream up to where we stopped.
             ds = ds.skip(start_step * ctx.num_replicas_in_sync // ctx.num_input_pipelines)
         return ds
 
-    def eval_dataset(self, ctx, global_batch: int) -> tf.data.Dataset:
+    def eval_dataset(self, ctx, global_batch: int,
+                     counts: tf.Variable | None = None) -> tf.data.Dataset:
         """One pass over the validation split; the last batch padded to full size with label -1
-        (static shapes for TPU; eval_metrics ignores the padding)."""
+        (static shapes for TPU; eval_metrics ignores the padding). Undecodable images are
+        dropped; `counts` adds (read, skipped)."""
         per_replica = ctx.get_per_replica_batch_size(global_batch)
         size = self.config.data.image_size
         ds = pipeline.build_dataset(self.config.data, "validation", global_batch,
-                                    input_context=ctx, repeat=False)
+                                    input_context=ctx, repeat=False, counts=counts)
         return ds.map(lambda images, labels: _pad_batch(images, labels, per_replica, size))
 
     # ---------------------------------------------------------------- loss and metrics
