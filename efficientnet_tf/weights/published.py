@@ -79,7 +79,7 @@ def _b(*values) -> dict:
 
 _register("baseline", "the paper's recipe with ResNet preprocessing (crop and flip)",
           "ckpts", "efficientnet-{v}.tar.gz", _b(76.7, 78.7, 79.8, 81.1, 82.5, 83.1))
-_register("autoaugment", "AutoAugment; keras.applications' 'imagenet' files are these",
+_register("autoaugment", "AutoAugment (the set keras.applications' converter reads)",
           "ckptsaug", "efficientnet-{v}.tar.gz",
           _b(77.1, 79.1, 80.1, 81.6, 82.9, 83.6, 84.0, 84.3))
 _register("randaugment", "RandAugment (N=2, M=17 for B5, M=28 for B7)",
