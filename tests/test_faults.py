@@ -207,3 +207,46 @@ def test_a_truncated_tfrecord_file_loses_only_its_rest_with_a_warning_naming_it(
     err = capfd.readouterr().err
     assert f'TFRecord file "{shard}" is truncated or corrupt' in err
     assert "train-00000-of-00002" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_multi_worker_processes_stops_both_at_the_same_step(tmp_path):
+    """MultiWorkerMirroredStrategy, 2 processes: SIGTERM to the non-chief only; both stop at the
+    same step, both save there (collectives would hang otherwise), both exit 143; a restart of
+    both restores that step."""
+    from test_train import WORKER, _free_ports
+
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    model_dir = tmp_path / "mwms"
+
+    def start(steps):
+        procs = []
+        for index in range(2):
+            tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+            env = {**ENV, "TF_CONFIG": json.dumps(tf_config)}
+            procs.append(subprocess.Popen(
+                [sys.executable, WORKER, str(model_dir), str(steps), "multi_worker_mirrored",
+                 "--ckpt_every=100000", "--log"], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True))
+        return procs
+
+    procs = start(100000)
+    deadline = time.time() + 300
+    while len(history_steps(str(model_dir))) < 20:
+        assert all(p.poll() is None for p in procs), procs[0].stdout.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outs[0][-2000:] + outs[1][-2000:]
+    chief = tf.train.latest_checkpoint(str(model_dir))
+    step = int(chief.rsplit("-", 1)[1])
+    other = tf.train.latest_checkpoint(str(model_dir / ".worker-1"))
+    assert other.endswith(f"ckpt-{step}")
+    assert all(f"SIGTERM at step {step}" in out for out in outs)
+
+    procs = start(step + 3)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:]
+    assert f"Restored {chief} (step {step})" in outs[0]
+    assert history_steps(str(model_dir))[-3:] == [step + 1, step + 2, step + 3]

@@ -1,6 +1,6 @@
 """A tiny, deterministic training run, driven by the tests in subprocesses.
 
-    python tests/train_worker.py MODEL_DIR STEPS STRATEGY [--cpus N] [--ckpt_every K]
+    python tests/train_worker.py MODEL_DIR STEPS STRATEGY [--cpus N] [--ckpt_every K] [--log]
 
 Writes MODEL_DIR/result.json: per-step losses (from history.jsonl), the final step, and the
 final weights (as lists) so runs can be compared. Data: fixed random images from a seed,
@@ -48,6 +48,7 @@ def main():
     p.add_argument("--sync_bn", action="store_true")
     p.add_argument("--bn_group", type=int, default=None, help="model.bn_group_size")
     p.add_argument("--drop", type=float, default=0.0)
+    p.add_argument("--log", action="store_true", help="print the trainer's log lines")
     a = p.parse_args()
     if a.cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -73,8 +74,10 @@ def main():
     y = (x.mean(axis=(1, 2, 3)) > 127.5).astype("int32") + 2 * (x[:, :16].mean(axis=(1, 2, 3)) > 127.5)
     strategy = make_strategy(a.strategy)
     trainer = Trainer(config, a.model_dir, strategy, train_dataset_fn=dataset_fn_for(x, y),
-                      num_train_examples=64, log=lambda *_: None)
-    trainer.train()
+                      num_train_examples=64, log=print if a.log else (lambda *_: None))
+    if trainer.train().get("preempted"):
+        sys.stdout.flush()
+        return 143  # SIGTERM: checkpoint saved, as the training CLI exits
     if trainer.is_chief:
         with open(os.path.join(a.model_dir, "history.jsonl")) as f:
             losses = [json.loads(line)["loss"] for line in f]
