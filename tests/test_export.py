@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 import keras
 from efficientnet_tf import EfficientNet
@@ -394,7 +395,7 @@ def test_tflite_interface_is_serving_float(model, loaded, images, tmp_path):
     if not tflite.tflite_available():
         pytest.skip("this TensorFlow has no tf.lite.TFLiteConverter")
     path = tflite.export_tflite(model, str(tmp_path / "m.tflite"), image_size=SIZE)
-    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter = Interpreter(model_path=path)  # ai_edge_litert, the supported interpreter
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert inp["dtype"] == np.float32 and inp["shape"].tolist() == [1, SIZE, SIZE, 3]
     assert out["dtype"] == np.float32 and out["shape"].tolist() == [1, CLASSES]
@@ -423,7 +424,7 @@ def test_tflite_int8_calibrated_on_tfrecords(model, images, expected, tmp_path):
     assert len(list(calib())) == 5
     path = tflite.export_tflite(model, str(tmp_path / "int8.tflite"), quantization="int8",
                                 representative_data=calib, image_size=SIZE)
-    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter = Interpreter(model_path=path)  # ai_edge_litert, the supported interpreter
     kinds = {d["dtype"] for d in interpreter.get_tensor_details()}
     assert np.int8 in kinds  # really quantized inside
     pre = np.stack([preprocessing.preprocess_for_eval(_jpeg(p), SIZE).numpy() for p in photos])

@@ -126,8 +126,11 @@ def export_tflite(model: keras.Model, path: str, *, quantization: str = "float32
 
 
 def run_tflite(path: str, images: np.ndarray) -> np.ndarray:
-    """Runs a .tflite model from export_tflite one image at a time: probabilities [n, C]."""
-    interpreter = tf.lite.Interpreter(model_path=path)
+    """Runs a .tflite model from export_tflite one image at a time: probabilities [n, C]
+    (ai_edge_litert's interpreter; tf.lite's only when that is missing)."""
+    from efficientnet_tf.export.predictor import _interpreter
+
+    interpreter, _ = _interpreter(path, None)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
