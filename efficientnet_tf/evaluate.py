@@ -53,13 +53,19 @@ def eval_config(model_name: str, data_dir: str, *, weights=None, image_size: int
 
 
 def evaluate_model(model, config: cfglib.TrainConfig, strategy=None) -> dict:
-    """One pass over config.data's validation split: {top1, top5, loss, examples}."""
+    """One pass over config.data's validation split: {top1, top5, loss, examples (the images
+    the accuracy is over), skipped (undecodable images left out; None where not counted)}."""
     from efficientnet_tf.train.task import ClassificationTask
 
     strategy = strategy or tf.distribute.get_strategy()
     task = ClassificationTask(config)
     batch = config.eval_batch_size
-    ds = strategy.distribute_datasets_from_function(lambda ctx: task.eval_dataset(ctx, batch))
+    counts = None  # (read, skipped) images; input pipelines on other hosts cannot write it
+    if getattr(strategy.extended, "num_hosts", 1) <= 1:
+        with tf.device("/cpu:0"):
+            counts = tf.Variable([0, 0], dtype=tf.int64, trainable=False)
+    ds = strategy.distribute_datasets_from_function(
+        lambda ctx: task.eval_dataset(ctx, batch, counts=counts))
 
     @tf.function
     def step(images, labels):
@@ -71,7 +77,8 @@ def evaluate_model(model, config: cfglib.TrainConfig, strategy=None) -> dict:
         totals += np.array([float(v) for v in step(images, labels)])
     n = max(totals[3], 1.0)
     return {"top1": totals[1] / n, "top5": totals[2] / n, "loss": totals[0] / n,
-            "examples": int(totals[3])}
+            "examples": int(totals[3]),
+            "skipped": int(counts.numpy()[1]) if counts is not None else None}
 
 
 def evaluate_weights(weights, model_name: str, data_dir: str, *, image_size=None,
@@ -167,8 +174,9 @@ def _main(argv):
     except (ValueError, FileNotFoundError) as e:
         print(f"efficientnet_tf.evaluate: error: {e}", file=sys.stderr)
         sys.exit(2)
+    skipped = f", {result['skipped']} unreadable skipped" if result.get("skipped") else ""
     print(f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  over "
-          f"{result['examples']} images  ({json.dumps(result)})")
+          f"{result['examples']} images{skipped}  ({json.dumps(result)})")
     if FLAGS.output:
         _write_json(FLAGS.output, result)
 

@@ -34,6 +34,9 @@ def _write_records(directory):
                 jpeg = tf.io.encode_jpeg(img, quality=90).numpy()
                 w.write(tfrecord.make_example(jpeg, label=k + 1, height=int(h),
                                               width=int(wd)).SerializeToString())
+            if split == "validation":  # one unreadable image: skipped and counted, not fatal
+                w.write(tfrecord.make_example(b"not a jpeg", label=1, height=40,
+                                              width=40).SerializeToString())
     with open(os.path.join(directory, "dataset_info.json"), "w") as f:
         json.dump({"num_classes": CLASSES, "label_offset": 1}, f)
 
@@ -64,6 +67,7 @@ def test_same_top1_as_the_training_job_from_a_model_dir_and_a_weights_file(run):
     assert job["top1"] > 0.5  # above chance (1/3): it learned something of the colours
     from_dir = ev.evaluate_run(run["model_dir"])
     assert from_dir["examples"] == 21 and from_dir["ema"] and from_dir["step"] == 32
+    assert from_dir["skipped"] == job["skipped"] == 1
     assert from_dir["top1"] == job["top1"] and from_dir["top5"] == job["top5"]
     np.testing.assert_allclose(from_dir["loss"], job["loss"], rtol=1e-6)
     raw = ev.evaluate_run(run["model_dir"], use_ema=False)  # the weights are what is measured
