@@ -126,7 +126,7 @@ def EfficientNet(
     if stem_strides not in (1, 2):
         raise ValueError(f"stem_strides must be 1 or 2, got {stem_strides}.")
     wts.check_weights_argument(weights, include_top, classes, variant=variant)
-    named = wts.published_settings(weights, variant)
+    named = wts.get_weight_set(weights)  # its normalization and image size, or None
     if normalization == "auto":
         normalization = (named.normalization if named else
                          VARIANTS[variant].normalization if variant in VARIANTS else "imagenet")

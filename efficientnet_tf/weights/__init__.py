@@ -69,8 +69,3 @@ from efficientnet_tf.weights.published import (
     verify_checkpoint,
     weight_sets,
 )
-
-
-def published_settings(weights, variant=None):
-    """The WeightSet `weights` names (its normalization and image_size), or None."""
-    return get_weight_set(weights)

@@ -64,12 +64,8 @@ def get_weight_set(name) -> WeightSet | None:
     return _SETS.get(name) if isinstance(name, str) else None
 
 
-def _series(folder: str, pattern: str, top1: dict) -> tuple[dict, dict]:
-    return {v: f"{folder}/{pattern.format(v=v)}" for v in top1}, top1
-
-
 def _register(name, description, folder, pattern, top1, **settings):
-    archives, top1 = _series(folder, pattern, top1)
+    archives = {v: f"{folder}/{pattern.format(v=v)}" for v in top1}
     register_weight_set(WeightSet(name, description, archives, top1, **settings))
 
 
