@@ -109,6 +109,14 @@ class ModelConfig:
             return None
         return spec.get_variant(self.model_name)
 
+    def architecture(self) -> spec.Variant | None:
+        """The registered variant whose blocks, activation and stem/head rule the model uses:
+        model_name's when it names one, even with custom width and depth (a half-width
+        efficientnet-lite0 stays a Lite network), else None (B0's architecture)."""
+        if self.phi is not None:
+            return None
+        return spec.VARIANTS.get(spec.variant_key(self.model_name or ""))
+
     def scaling(self) -> tuple[float, float]:
         """(width_coefficient, depth_coefficient) of the model."""
         if self.phi is not None:

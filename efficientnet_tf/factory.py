@@ -42,18 +42,22 @@ def build_model(model_config: ModelConfig, image_size: int, num_classes: int, *,
     default_size, default_dropout = m.defaults()
     dropout = default_dropout if m.dropout_rate is None else m.dropout_rate
     variant = m.variant()
+    arch = m.architecture()  # a custom-width Lite keeps Lite's blocks, ReLU6 and fixed stem/head
+    normalization = m.normalization
+    if normalization == "auto" and arch is not None and variant is None:
+        normalization = arch.normalization
     with dtype_policy_scope(dtype_policy):
         return EfficientNet(
             width, depth, default_size=image_size or default_size, dropout_rate=dropout,
-            blocks=variant.blocks if variant else spec.B0_BLOCKS,
+            blocks=arch.blocks if arch else spec.B0_BLOCKS,
             drop_connect_rate=m.drop_connect_rate, stem_strides=m.stem_strides,
             bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, synchronized_bn=m.synchronized_bn,
             bn_group_size=None if m.synchronized_bn else m.resolved_bn_group_size(num_replicas),
             input_shape=(image_size, image_size, 3), classes=num_classes,
             classifier_activation=classifier_activation, weights=weights,
-            normalization=m.normalization,
-            activation=variant.activation if variant else "swish",
-            fixed_stem_head=bool(variant and variant.fixed_stem_head),
+            normalization=normalization,
+            activation=arch.activation if arch else "swish",
+            fixed_stem_head=bool(arch and arch.fixed_stem_head),
             variant=variant.name if variant else None,
             name=m.model_name.replace("-", "") if m.model_name else None)
 

@@ -53,3 +53,24 @@ def test_reference_checkpoint_round_trips(tmp_path, name):
     W.verify_checkpoint(prefix, name)
     with pytest.raises(ValueError, match="not of efficientnet-lite1"):
         W.verify_checkpoint(prefix, "lite1" if name == "lite0" else "lite1")
+
+
+def test_a_custom_width_lite_config_keeps_the_lite_architecture():
+    from efficientnet_tf import config as cfglib
+    from efficientnet_tf import factory
+
+    def build(name):
+        m = cfglib.ModelConfig(model_name=name, width_coefficient=0.5, depth_coefficient=0.5,
+                               stem_strides=1)
+        return factory.build_model(m, 32, 10)
+
+    lite, b0 = build("efficientnet-lite0"), build("efficientnet-b0")
+    names = [layer.name for layer in lite.layers]
+    assert not any("_se_" in n for n in names) and any("_se_" in layer.name for layer in b0.layers)
+    acts = {getattr(layer, "activation", None).__name__ for layer in lite.layers
+            if layer.name.endswith("_activation") or layer.name == "top_activation"}
+    assert acts == {"relu6"}, acts
+    # Stem and head keep Lite's fixed widths (32 and 1280) at width 0.5; B0's shrink.
+    assert lite.get_layer("stem_conv").filters == 32 and b0.get_layer("stem_conv").filters == 16
+    assert lite.get_layer("top_conv").filters == 1280 and b0.get_layer("top_conv").filters == 640
+    assert W.model_normalization(lite) == "lite" and W.model_normalization(b0) == "imagenet"
