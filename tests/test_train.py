@@ -74,31 +74,55 @@ def test_one_training_step_under_xla_with_bfloat16(tmp_path):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_kill_9_then_restart_resumes_and_matches_uninterrupted_run(tmp_path, single_run):
-    steps = 12
-    full = run_worker(tmp_path / "full", steps, "default", "--drop=0.2")
-    killed_dir = tmp_path / "killed"
-    proc = run_worker(killed_dir, steps, "default", "--drop=0.2", wait=False)
-    deadline = time.time() + 300
-    while not (killed_dir / "ckpt-4.index").exists():
-        assert proc.poll() is None, "worker ended before it could be killed: " + proc.stdout.read()[-2000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (killed_dir / "result.json").exists()
-    saved = tf.train.latest_checkpoint(str(killed_dir))
-    killed_at = int(saved.rsplit("-", 1)[1])
-    # ckpt-4 may be half-written when the kill lands: the last complete one is then ckpt-2.
-    assert 2 <= killed_at < steps
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
 
-    resumed = run_worker(killed_dir, steps, "default", "--drop=0.2")
+
+def _wait_for(proc, done, what, timeout=300):
+    deadline = time.time() + timeout
+    while not done():
+        assert proc.poll() is None, f"worker ended before {what}: " + proc.stdout.read()[-2000:]
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_kill_9_five_times_at_random_moments_then_the_run_matches_an_uninterrupted_one(tmp_path,
+                                                                                      single_run):
+    """kill -9 at five moments (three inside checkpoint saves, widened by --slow_save, two
+    between steps), restarting after each: the final weights equal an uninterrupted run's."""
+    steps, slow = 14, 0.6
+    full = run_worker(tmp_path / "full", steps, "default", "--drop=0.2")
+    model_dir = tmp_path / "killed"
+    history, saving = model_dir / "history.jsonl", model_dir / "saving"
+    rng = np.random.default_rng(5)
+    killed_at = []
+    for kill, where in enumerate(["save", "step", "save", "step", "save"]):
+        proc = run_worker(model_dir, steps, "default", "--drop=0.2", f"--slow_save={slow}",
+                          wait=False)
+        saves, trained = len(_lines(saving)), len(_lines(history))
+        if where == "save":  # a save beyond step 2, so the first kill leaves a checkpoint behind
+            _wait_for(proc, lambda: len(_lines(saving)) > saves
+                      and int(_lines(saving)[-1].rsplit("-", 1)[1]) >= 4, "a checkpoint save")
+            time.sleep(rng.uniform(0, 0.8 * slow))  # inside the save's window
+        else:
+            _wait_for(proc, lambda: len(_lines(history)) > trained + 1, "a trained step")
+            time.sleep(rng.uniform(0, 0.3))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"kill {kill}: the worker had already ended"
+        assert not (model_dir / "result.json").exists()
+        latest = tf.train.latest_checkpoint(str(model_dir))
+        killed_at.append(int(latest.rsplit("-", 1)[1]))
+        assert killed_at[-1] < steps
+        if where == "save":  # the save in flight is not the latest: its state was not recorded
+            assert latest != _lines(saving)[-1]
+    assert killed_at[0] >= 2 and killed_at[-1] > killed_at[0], killed_at
+
+    resumed = run_worker(model_dir, steps, "default", "--drop=0.2")
     assert resumed["step"] == steps
-    with open(killed_dir / "history.jsonl") as f:
-        seen = [json.loads(line)["step"] for line in f]
-    # The restart continued after the checkpoint: step 1 was trained once, not again.
-    assert seen.count(1) == 1 and killed_at + 1 in seen
+    seen = [json.loads(line)["step"] for line in _lines(history)]
+    # Each restart continued after a checkpoint: step 1 was trained once, not again.
+    assert seen.count(1) == 1 and killed_at[0] + 1 in seen
     # Same data stream (replayed), restored RNG, optimizer and EMA state: the same weights.
     # Tolerance: CPU kernels are deterministic here; 1e-6 leaves room for summation order.
     assert_weights_close(resumed["weights"], full["weights"], atol=1e-6)

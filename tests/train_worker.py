@@ -1,6 +1,7 @@
 """A tiny, deterministic training run, driven by the tests in subprocesses.
 
     python tests/train_worker.py MODEL_DIR STEPS STRATEGY [--cpus N] [--ckpt_every K] [--log]
+        [--slow_save S]
 
 Writes MODEL_DIR/result.json: per-step losses (from history.jsonl), the final step, and the
 final weights (as lists) so runs can be compared. Data: fixed random images from a seed,
@@ -38,6 +39,22 @@ def dataset_fn_for(x, y):
     return fn
 
 
+def slow_saves(model_dir, seconds):
+    import time
+
+    record = tf.train.CheckpointManager._record_state
+
+    def slow_record(manager):
+        if manager.latest_checkpoint and not getattr(manager, "_slowed", None) == manager.latest_checkpoint:
+            manager._slowed = manager.latest_checkpoint  # once per save (it records twice)
+            with open(os.path.join(model_dir, "saving"), "a") as f:
+                f.write(manager.latest_checkpoint + "\n")
+            time.sleep(seconds)
+        record(manager)
+
+    tf.train.CheckpointManager._record_state = slow_record
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model_dir")
@@ -49,7 +66,13 @@ def main():
     p.add_argument("--bn_group", type=int, default=None, help="model.bn_group_size")
     p.add_argument("--drop", type=float, default=0.0)
     p.add_argument("--log", action="store_true", help="print the trainer's log lines")
+    p.add_argument("--slow_save", type=float, default=0.0,
+                   help="widen each checkpoint save: after its files are written and before the "
+                        "'checkpoint' state file names it, write MODEL_DIR/saving (the "
+                        "checkpoint's path) and sleep this long, so a kill can land inside")
     a = p.parse_args()
+    if a.slow_save:
+        slow_saves(a.model_dir, a.slow_save)
     if a.cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
