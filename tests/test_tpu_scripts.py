@@ -372,5 +372,42 @@ def test_unconfirmed_image_names_warn(capsys):
     v3 = C.parse_accelerator("v3-8")
     assert C.runtime_version(v3, "2.18.0") == "tpu-vm-tf-2.18.0-pjrt"
     assert "not its image name" in capsys.readouterr().err
+    assert C.runtime_version(v3, "2.16.2") == "tpu-vm-tf-2.16.2-pjrt"
+    assert "not its image name" in capsys.readouterr().err
     C.runtime_version(v3, "2.16.1")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("tf", ["2.17.0", "2.17.1"])
+def test_tf_2_17_images_are_documented_so_no_warning(tf, capsys):
+    # tpu-vm-tf-2.17.1-pjrt is the image of the docs' preemptible-TPU example
+    assert C.runtime_version(C.parse_accelerator("v3-8"), tf) == f"tpu-vm-tf-{tf}-pjrt"
+    assert C.runtime_version(C.parse_accelerator("v4-8"), tf, "se") == f"tpu-vm-tf-{tf}-se"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("tf", ["2.9.0", "2.8.4", "2.7.3"])
+def test_v4_with_tensorflow_older_than_2_9_1_is_refused(tf):
+    v4 = C.parse_accelerator("v4-8")
+    with pytest.raises(ValueError) as e:
+        C.runtime_version(v4, tf)
+    msg = str(e.value)
+    assert f"TensorFlow {tf} on TPU v4" in msg and "--tf_version=2.9.1 or newer" in msg
+    # v3 has images for these versions
+    assert C.runtime_version(C.parse_accelerator("v3-8"), tf) == f"tpu-vm-tf-{tf}"
+
+
+def test_v4_image_names_from_2_9_1_on():
+    v4, v4pod = C.parse_accelerator("v4-8"), C.parse_accelerator("v4-16")
+    assert C.runtime_version(v4, "2.9.1") == "tpu-vm-tf-2.9.1-v4"
+    assert C.runtime_version(v4pod, "2.9.3") == "tpu-vm-tf-2.9.3-pod-v4"
+    assert C.runtime_version(v4, "2.11.0") == "tpu-vm-tf-2.11.0"
+    assert C.runtime_version(v4, "2.16.1") == "tpu-vm-tf-2.16.1-pjrt"
+
+
+def test_create_script_refuses_v4_with_old_tensorflow(fake_gcloud):
+    env, calls = fake_gcloud
+    r = _run("create_vm.sh", "--name=efn", "--accelerator_type=v4-8", "--tf_version=2.8.4",
+             env=env)
+    assert r.returncode == 2 and "--tf_version=2.9.1 or newer" in r.stderr
+    assert calls() == []

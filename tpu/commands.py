@@ -36,6 +36,9 @@ TRAIN_MODULE = "efficientnet_tf.train"
 NEWEST_DOCUMENTED_TF = (2, 18, 0)
 # Newest TF whose exact image names the docs spell out (runtimes page list; v2 page example).
 DEFAULT_TF_VERSION = "2.16.1"
+# Newer minors whose image names the docs also show (2.17: tpu-vm-tf-2.17.1-pjrt on the
+# preemptible-TPU page); other versions above DEFAULT_TF_VERSION print a warning.
+DOCUMENTED_NEWER_MINORS = ((2, 17),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +54,8 @@ class Generation:
 GENERATIONS = {
     "v2": Generation("v2", ("us-central1-b", "us-central1-c"), "cores", 2, 8, (2, 0, 0)),
     "v3": Generation("v3", ("us-central1-a", "us-central1-b"), "cores", 2, 8, (2, 0, 0)),
-    "v4": Generation("v4", ("us-central2-b",), "cores", 1, 8, (2, 0, 0)),
+    # v4: the -v4 images start at 2.9.1 (runtimes page); no v4 image for older TensorFlow
+    "v4": Generation("v4", ("us-central2-b",), "cores", 1, 8, (2, 9, 1)),
     "v5litepod": Generation("v5litepod", ("us-central1-a", "us-south1-a", "us-west1-c",
                                           "us-west4-a"), "chips", 1, 8, (2, 15, 0)),
     "v5p": Generation("v5p", ("us-central1-a", "us-east5-a"), "cores", 1, 8, (2, 15, 0)),
@@ -113,7 +117,7 @@ def runtime_version(acc: Accelerator, tf_version: str = DEFAULT_TF_VERSION,
     """The TPU VM software version for `tf_version` on `acc`, by the rules of
     cloud.google.com/tpu/docs/runtimes: tpu-vm-tf-x.y.z[-pod][-{pjrt|se}] for TF >= 2.15
     (v5e/v5p/v6e: PJRT only), tpu-vm-tf-x.y.z[-pod] before 2.15, and the -v4 images for
-    TPU v4 with TF <= 2.10.0."""
+    TPU v4 with TF 2.9.1 ... 2.10.0 (none older)."""
     v = parse_tf_version(tf_version)
     gen = acc.generation
     if device_api not in ("pjrt", "se"):
@@ -127,10 +131,15 @@ def runtime_version(acc: Accelerator, tf_version: str = DEFAULT_TF_VERSION,
             f"(tpu/README.md), or pick an image from "
             f"`gcloud compute tpus tpu-vm versions list --zone=ZONE` and pass --runtime_version.")
     if v < gen.min_tf:
-        raise ValueError(f"TPU {gen.name} needs TensorFlow >= {'.'.join(map(str, gen.min_tf))} "
-                         f"on TPU VMs; got {tf_version}.")
+        oldest = ".".join(map(str, gen.min_tf))
+        why = (" (the v4 images tpu-vm-tf-2.9.1-v4 ... tpu-vm-tf-2.10.0-v4 are the oldest; from "
+               "2.10.1 on the regular images serve v4)" if gen.name == "v4" else "")
+        raise ValueError(f"No TPU VM image runs TensorFlow {tf_version} on TPU {gen.name}: the "
+                         f"oldest is {oldest}{why}. Pass --tf_version={oldest} or newer (default "
+                         f"{DEFAULT_TF_VERSION}), or pick a TPU type whose images have your "
+                         f"TensorFlow.")
     pod = "-pod" if acc.multi_host else ""
-    if v > parse_tf_version(DEFAULT_TF_VERSION):
+    if v > parse_tf_version(DEFAULT_TF_VERSION) and v[:2] not in DOCUMENTED_NEWER_MINORS:
         print(f"warning: the docs list TensorFlow {tf_version} for TPUs but not its image name; "
               f"built by their naming rule. Check `gcloud compute tpus tpu-vm versions list "
               f"--zone=ZONE` and pass --runtime_version if it differs.", file=sys.stderr)
