@@ -411,3 +411,132 @@ def test_create_script_refuses_v4_with_old_tensorflow(fake_gcloud):
              env=env)
     assert r.returncode == 2 and "--tf_version=2.9.1 or newer" in r.stderr
     assert calls() == []
+
+
+# ------------------------------------------------------------------ setup_vm.sh on a fake VM
+
+def _load_image_constraints():
+    spec = importlib.util.spec_from_file_location("image_constraints",
+                                                  TPU / "image_constraints.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+IMAGE_FREEZE = """tensorflow==2.16.1
+numpy==1.26.4
+protobuf==4.25.3
+keras==3.3.3
+PyYAML==5.4.1
+ml_dtypes==0.3.2
+distro-info==1.1build1
+tensorboard==2.16.2
+"""
+
+
+def test_image_constraints_pin_the_image_but_free_what_our_requirements_must_change():
+    ic = _load_image_constraints()
+    reqs = (TPU / "requirements-tpu.txt").read_text()
+    lines, notes = ic.constraints(IMAGE_FREEZE, reqs)
+    # TensorFlow and what it was built against stay; so do requirements the image satisfies
+    assert lines == ["tensorflow==2.16.1", "numpy==1.26.4", "protobuf==4.25.3", "ml_dtypes==0.3.2",
+                     "tensorboard==2.16.2"]
+    # keras>=3.10 and pyyaml>=6 must change (pinning them would make pip fail); distro-info's
+    # Ubuntu version is not PEP 440, so it cannot be a constraint
+    assert any("keras==3.3.3" in n and "keras<4,>=3.10" in n for n in notes)
+    assert any("PyYAML==5.4.1" in n for n in notes) and any("distro-info" in n for n in notes)
+
+
+def test_image_constraints_cli(tmp_path):
+    freeze, req = tmp_path / "freeze.txt", tmp_path / "req.txt"
+    freeze.write_text("numpy==2.1.0\ntensorflow==2.16.1\n")
+    req.write_text("numpy>=1.26,<2  # comment\n")
+    r = subprocess.run([sys.executable, str(TPU / "image_constraints.py"), str(freeze), str(req)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["tensorflow==2.16.1"] and "numpy==2.1.0" in r.stderr
+    req.write_text("numpy>>1\n")
+    r = subprocess.run([sys.executable, str(TPU / "image_constraints.py"), str(freeze), str(req)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "bad requirement line 'numpy>>1'" in r.stderr
+
+
+FAKE_PYTHON = r'''#!{python}
+"""A TPU VM's python3 for setup_vm.sh: records argv, fakes pip and venv, runs our scripts."""
+import json, os, subprocess, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_VM_LOG"], "a") as f:
+    f.write(json.dumps(["python3", *args]) + "\n")
+if args[:1] == ["-c"]:
+    if "import libtpu" in args[1]:
+        print(os.environ["FAKE_LIBTPU"])
+    sys.exit(0)
+if args[:3] == ["-m", "pip", "list"]:
+    print(os.environ["FAKE_FREEZE"], end="")
+    sys.exit(0)
+if args[:2] == ["-m", "venv"]:
+    bindir = os.path.join(args[2], "bin")
+    os.makedirs(bindir)
+    os.symlink(sys.argv[0], os.path.join(bindir, "python3"))
+    with open(os.path.join(bindir, "activate"), "w") as f:
+        f.write(f"PATH={{bindir}}:$PATH\n")
+    sys.exit(0)
+if args[:1] and args[0].endswith(".py"):
+    sys.exit(subprocess.run([{python!r}, *args]).returncode)
+sys.exit(0)
+'''
+
+
+@pytest.fixture
+def fake_vm(tmp_path):
+    """PATH with a fake python3 and sudo that log their argv; HOME in tmp_path."""
+    bindir = tmp_path / "vmbin"
+    bindir.mkdir()
+    log = tmp_path / "vm_calls.jsonl"
+    (bindir / "python3").write_text(FAKE_PYTHON.format(python=sys.executable))
+    (bindir / "sudo").write_text(f"#!/bin/sh\necho \"[\\\"sudo\\\", \\\"$*\\\"]\" >> {log}\n")
+    for exe in bindir.iterdir():
+        exe.chmod(0o755)
+    libtpu = tmp_path / "site" / "libtpu" / "libtpu.so"
+    libtpu.parent.mkdir(parents=True)
+    libtpu.write_bytes(b"")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", HOME=str(home),
+               FAKE_VM_LOG=str(log), FAKE_FREEZE=IMAGE_FREEZE, FAKE_LIBTPU=str(libtpu))
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()]
+    return env, calls, home
+
+
+def test_setup_vm_image_installs_with_constraints_from_the_image(fake_vm, tmp_path):
+    env, calls, _ = fake_vm
+    r = subprocess.run(["bash", str(TPU / "setup_vm.sh"), "image"], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pip = [c[4:] for c in calls() if c[1:4] == ["-m", "pip", "install"]]
+    constraints = tmp_path / "efn-image-constraints.txt"  # $TMPDIR is tmp_path
+    assert pip == [["-c", str(constraints), "-r", "tpu/requirements-tpu.txt"], ["--no-deps", "."]]
+    pinned = constraints.read_text().split()
+    assert "tensorflow==2.16.1" in pinned and "numpy==1.26.4" in pinned
+    assert not any(p.startswith("keras==") for p in pinned)
+    assert not any(c[0] == "sudo" for c in calls())
+
+
+def test_setup_vm_pypi_installs_python3_venv_first_and_checks_the_venv_libtpu(fake_vm):
+    env, calls, home = fake_vm
+    r = subprocess.run(["bash", str(TPU / "setup_vm.sh"), "pypi"], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    seq = calls()
+    apt = [i for i, c in enumerate(seq) if c[0] == "sudo" and "install -y -q python3-venv" in c[1]]
+    venv = [i for i, c in enumerate(seq) if c[1:3] == ["-m", "venv"]]
+    assert apt and venv and apt[0] < venv[0] and seq[venv[0]][3] == str(home / "efn-venv")
+    assert f"libtpu of the venv: {env['FAKE_LIBTPU']}" in r.stdout
+    # a libtpu package without libtpu.so stops the setup
+    env["FAKE_LIBTPU"] = str(home / "nowhere" / "libtpu.so")
+    subprocess.run(["rm", "-rf", str(home / "efn-venv")], check=True)
+    r = subprocess.run(["bash", str(TPU / "setup_vm.sh"), "pypi"], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 1 and "has no" in r.stderr and "nowhere" in r.stderr
