@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import re
+import select
 import shlex
 import stat
 import subprocess
@@ -173,19 +174,42 @@ def test_every_training_flag_built_exists_in_main_py():
             assert _flag_name(key, known) in known, f"--{key} is not defined in {MAIN}"
 
 
+def job_words(remote: str) -> list[str]:
+    """argv of the job inside remote_job's `nohup sh -c 'JOB; echo $? > EXIT'`."""
+    toks = shlex.split(remote)
+    i = toks.index("nohup")
+    assert toks[i + 1:i + 3] == ["sh", "-c"], toks
+    job, _, code = toks[i + 3].rpartition("; echo $? > ")
+    assert code.endswith(".exit")
+    return shlex.split(job)
+
+
 def test_remote_training_runs_in_background_with_pjrt_env():
     [cmd] = C.train_commands("efn-v4", None, accelerator_type="v4-8", bucket="gs://bkt")
     assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "efn-v4"]
     assert "--zone=us-central2-b" in cmd
     remote = next(c for c in cmd if c.startswith("--command="))[len("--command="):]
     assert remote.startswith("cd ~/efficientnet_tf && ")
-    assert remote.endswith("2>&1 &")
-    words = shlex.split(remote.split("nohup ", 1)[1].split(" >>")[0])
+    assert "< /dev/null >> ~/train.log 2>&1 & echo $! > ~/train.pid" in remote
+    words = job_words(remote)
     assert words[:3] == ["env", "NEXT_PLUGGABLE_DEVICE_USE_C_API=true",
                          "TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"]
     assert train_flags(words[3:])["model_dir"] == "gs://bkt/runs/efficientnet-b0-v4-8"
     # a stream-executor image gets no PJRT variables
     assert C.pjrt_env("tpu-vm-tf-2.16.1-se") == [] and C.pjrt_env("tpu-vm-tf-2.14.1") == []
+
+
+def test_pypi_venv_job_uses_the_venv_libtpu_not_the_images():
+    [cmd] = C.train_commands("efn-v4", None, accelerator_type="v4-8", bucket="gs://bkt",
+                             tf_source="pypi")
+    remote = cmd[-1][len("--command="):]
+    assert "/lib/libtpu.so" not in remote
+    assert ". ~/efn-venv/bin/activate && " in remote
+    assert job_words(remote)[:2] == ["env", "NEXT_PLUGGABLE_DEVICE_USE_C_API=true"]
+    # setup_vm.sh checks the same library the launch command looks up
+    assert C.VENV_LIBTPU in (TPU / "setup_vm.sh").read_text()
+    with pytest.raises(ValueError, match="--tf_source must be image or pypi"):
+        C.remote_job(["true"], tf_source="conda")
 
 
 def test_eval_runs_on_cpu_unless_a_tpu_is_named():
@@ -301,8 +325,7 @@ def test_launch_script_calls_gcloud_ssh_with_the_training_job(fake_gcloud):
     assert r.returncode == 0, r.stderr
     [ssh] = calls()
     assert ssh[:6] == ["compute", "tpus", "tpu-vm", "ssh", "efn-v3", "--zone=us-central1-a"]
-    remote = ssh[-1][len("--command="):]
-    job = shlex.split(remote.split("nohup ", 1)[1].split(" >>")[0])
+    job = job_words(ssh[-1][len("--command="):])
     f = train_flags(job[job.index("python3"):])
     assert f["model_name"] == "efficientnet-b0" and f["override"] == "optimizer.lr=0.02"
     known = defined_flags()
@@ -540,3 +563,83 @@ def test_setup_vm_pypi_installs_python3_venv_first_and_checks_the_venv_libtpu(fa
     r = subprocess.run(["bash", str(TPU / "setup_vm.sh"), "pypi"], capture_output=True,
                        text=True, env=env, cwd=ROOT, timeout=60)
     assert r.returncode == 1 and "has no" in r.stderr and "nowhere" in r.stderr
+
+
+# ------------------------------------------------------------------ the remote job line, run here
+
+def _vm_shell(line: str, home, env=None, **kw):
+    """Runs a remote line as the VM's ssh would: bash -c, HOME = a scratch directory."""
+    return subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30,
+                          env=dict(env or os.environ, HOME=str(home)), **kw)
+
+
+def _wait_for(path: pathlib.Path, seconds: float = 10) -> str:
+    import time
+    deadline = time.monotonic() + seconds
+    while not path.exists() or not path.read_text().strip():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+    return path.read_text().strip()
+
+
+def _wait_for_status(status: str, home, seconds: float = 10) -> str:
+    """The status once the job's wrapper has exited (it writes the exit code just before)."""
+    import time
+    deadline = time.monotonic() + seconds
+    while (out := _vm_shell(status, home).stdout.strip()) == "running":
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.02)
+    return out
+
+
+def test_remote_job_detaches_records_pid_and_exit_code_and_never_starts_twice(tmp_path):
+    (tmp_path / "efficientnet_tf").mkdir()
+    gate = tmp_path / "gate"
+    # the job waits for `gate`, reads stdin (must be /dev/null: '' at once), then exits 3
+    job = [sys.executable, "-c",
+           "import os, sys, time\n"
+           f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+           "print('stdin', repr(sys.stdin.read()))\nsys.exit(3)"]
+    line = C.remote_job(job, log="~/run.log")
+    status = C.job_status_remote("~/run.log")
+    assert _vm_shell(status, tmp_path).stdout.strip() == "gone"
+    # as under ssh: stdin, stdout and stderr are pipes that ssh reads until every writer is
+    # gone; the line must return, and its pipes close, while the job runs. `set -m` (job
+    # control) stops bash from giving background jobs /dev/null as stdin by itself.
+    p = subprocess.Popen(["bash", "-c", f"set -m; {line}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=dict(os.environ, HOME=str(tmp_path)))
+    assert p.wait(timeout=10) == 0
+    ready, _, _ = select.select([p.stdout, p.stderr], [], [], 5)
+    assert len(ready) == 2 and p.stdout.read() == b"" and p.stderr.read() == b""
+    assert _wait_for(tmp_path / "run.pid").isdigit()
+    assert _vm_shell(status, tmp_path).stdout.strip() == "running"
+    again = _vm_shell(line, tmp_path)
+    assert "already running" in again.stdout
+    gate.write_text("go")  # p.stdin is still open: a job reading it would hang here
+    assert _wait_for(tmp_path / "run.exit") == "3"
+    p.stdin.close()
+    assert _wait_for_status(status, tmp_path) == "exit 3"
+    assert (tmp_path / "run.log").read_text().strip() == "stdin ''"
+
+
+def test_remote_job_pypi_exports_the_venv_libtpu_path(tmp_path):
+    (tmp_path / "efficientnet_tf").mkdir()
+    site = tmp_path / "site" / "libtpu"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("def get_library_path():\n"
+                                      "    return '/venv/site-packages/libtpu/libtpu.so'\n")
+    bindir = tmp_path / "efn-venv" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "python3").symlink_to(sys.executable)
+    (bindir / "activate").write_text(f"PATH={bindir}:$PATH; export PYTHONPATH={site.parent}\n")
+    job = [sys.executable, "-c", "import os; print(os.environ['TF_PLUGGABLE_DEVICE_LIBRARY_PATH'],"
+           " os.environ['NEXT_PLUGGABLE_DEVICE_USE_C_API'])"]
+    line = C.remote_job(job, runtime="tpu-vm-tf-2.16.1-pjrt", tf_source="pypi")
+    r = _vm_shell(line, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _wait_for(tmp_path / "train.exit") == "0"
+    assert (tmp_path / "train.log").read_text().split() == [
+        "/venv/site-packages/libtpu/libtpu.so", "true"]
+    # the image's TensorFlow on a VM set up with the venv: refused, saying what to pass
+    r = _vm_shell(C.remote_job(job, runtime="tpu-vm-tf-2.16.1-pjrt"), tmp_path)
+    assert r.returncode == 2 and "pass --tf_source=pypi" in r.stderr

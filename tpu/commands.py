@@ -271,13 +271,21 @@ def install_commands(name: str, zone: str, project: str | None = None,
 
 # ---------------------------------------------------------------- training commands
 
-def pjrt_env(runtime: str) -> list[str]:
+VENV = "~/efn-venv"  # made by tpu/setup_vm.sh pypi
+VENV_LIBTPU = "import libtpu; print(libtpu.get_library_path())"  # as in tpu/setup_vm.sh
+
+
+def pjrt_env(runtime: str | None, tf_source: str = "image") -> list[str]:
     """Environment for TF on a single-host -pjrt image (as Google's own TF-on-TPU test configs set
-    it: GoogleCloudPlatform/ml-auto-solutions dags/solutions_team/configs/tensorflow/common.py)."""
-    if runtime.endswith("-pjrt"):
-        return ["NEXT_PLUGGABLE_DEVICE_USE_C_API=true",
-                "TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"]
-    return []
+    it: GoogleCloudPlatform/ml-auto-solutions dags/solutions_team/configs/tensorflow/common.py).
+    The library is the image's /lib/libtpu.so; with tf_source=pypi it is the venv's libtpu,
+    whose path remote_job looks up on the VM."""
+    if not runtime or not runtime.endswith("-pjrt"):
+        return []
+    if tf_source == "pypi":
+        return ["NEXT_PLUGGABLE_DEVICE_USE_C_API=true"]
+    return ["NEXT_PLUGGABLE_DEVICE_USE_C_API=true",
+            "TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"]
 
 
 def steps_for_epochs(epochs: float, batch: int) -> int:
@@ -344,26 +352,65 @@ def eval_argv(model_dir: str, data_dir: str, model: str = "efficientnet-b0",
     return argv
 
 
-def remote_job(argv: Sequence[str], env: Sequence[str] = (), log: str = "~/train.log",
-               workdir: str = "~/efficientnet_tf") -> str:
-    """The shell line run on the VM over ssh: cd, the venv if setup_vm.sh made one, then the job
-    in the background (nohup, appending to `log`) so it survives the ssh session."""
+def job_files(log: str) -> tuple[str, str]:
+    """The job's pid file and exit-code file on the VM, next to its log."""
+    stem = log[:-len(".log")] if log.endswith(".log") else log
+    return f"{stem}.pid", f"{stem}.exit"
+
+
+def _running(pid: str) -> str:
+    return f'[ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null'
+
+
+def remote_job(argv: Sequence[str], log: str = "~/train.log", workdir: str = "~/efficientnet_tf",
+               runtime: str | None = None, tf_source: str = "image") -> str:
+    """The shell line run on the VM over ssh: cd, the venv for tf_source=pypi, then the job in the
+    background (nohup, stdin from /dev/null so ssh does not wait for it, output appended to
+    `log`) so it survives the ssh session. The job's pid and, when it ends, its exit code go to
+    job_files(log); a job still running is not started twice."""
+    if tf_source not in ("image", "pypi"):
+        raise ValueError(f"--tf_source must be image or pypi; got {tf_source!r}.")
+    env = pjrt_env(runtime, tf_source)
     job = shlex.join(["env", *env, *argv]) if env else shlex.join(argv)
-    activate = "if [ -f ~/efn-venv/bin/activate ]; then . ~/efn-venv/bin/activate; fi"
-    return f"cd {workdir} && {activate} && nohup {job} >> {log} 2>&1 &"
+    pid, code = job_files(log)
+    if tf_source == "pypi":
+        steps = [f". {VENV}/bin/activate"]
+        if env:
+            steps += [f'lib="$(python3 -c {shlex.quote(VENV_LIBTPU)})"',
+                      'export TF_PLUGGABLE_DEVICE_LIBRARY_PATH="$lib"']
+    else:
+        steps = [f"if [ -d {VENV} ]; then echo 'error: {VENV} exists on the VM (set up with "
+                 f"--tf_source=pypi): pass --tf_source=pypi' >&2; exit 2; fi"]
+    start = (f"rm -f {code}; nohup sh -c {shlex.quote(f'{job}; echo $? > {code}')} "
+             f"< /dev/null >> {log} 2>&1 & echo $! > {pid}")
+    guard = (f'if {_running(pid)}; then echo "already running (pid $(cat {pid})), not started '
+             f'again"; else {start}; fi')
+    return " && ".join([f"cd {workdir}", *steps, guard])
+
+
+def job_status_remote(log: str = "~/train.log") -> str:
+    """Prints `running`, `exit N` (the job ended with code N) or `gone` (no such job: never
+    started on this VM, or killed with the VM before it could write its exit code)."""
+    pid, code = job_files(log)
+    return (f'if {_running(pid)}; then echo running; elif [ -f {code} ]; then echo "exit '
+            f'$(cat {code})"; else echo gone; fi')
+
+
+def train_log(run_name: str | None) -> str:
+    return f"~/{run_name or 'train'}.log"
 
 
 def train_commands(name: str | None, zone: str | None, project: str | None = None,
                    runtime: str | None = None, tf_version: str = DEFAULT_TF_VERSION,
-                   **kwargs) -> list[list[str]]:
+                   tf_source: str = "image", **kwargs) -> list[list[str]]:
     argv = train_argv(**kwargs)
     if not name:
         return [argv]
     acc = parse_accelerator(kwargs["accelerator_type"])
     runtime = runtime or runtime_version(acc, tf_version)
-    log = f"~/{kwargs.get('run_name') or 'train'}.log"
     return [ssh_command(name, zone_for(acc, zone), project,
-                        remote_job(argv, pjrt_env(runtime), log=log))]
+                        remote_job(argv, train_log(kwargs.get("run_name")), runtime=runtime,
+                                   tf_source=tf_source))]
 
 
 def estimate_hours(images_per_sec: float, epochs: float = 350) -> float:
@@ -392,6 +439,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_name", default=None)
     p.add_argument("--tf_version", default=DEFAULT_TF_VERSION)
     p.add_argument("--runtime_version", default=None)
+    p.add_argument("--tf_source", default="image", choices=("image", "pypi"),
+                   help="As the VM was installed: image TensorFlow, or the pypi venv.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,7 +546,7 @@ def commands_for(args: argparse.Namespace) -> list[list[str]]:
             mode="train" if smoke else args.mode, train_batch_size=args.train_batch_size,
             eval_batch_size=args.eval_batch_size, steps_per_execution=spe,
             epochs=args.epochs, train_steps=3 * spe if smoke else None, synthetic=smoke,
-            overrides=list(args.override))
+            overrides=list(args.override), tf_source=args.tf_source)
     if args.cmd == "eval":
         bucket = check_gcs(args.bucket) if args.bucket else None
         run = args.run_name or f"{args.model}-{acc_type}"
@@ -509,10 +558,12 @@ def commands_for(args: argparse.Namespace) -> list[list[str]]:
                          args.eval_tpu)
         if not args.name:
             return [argv]
-        env = pjrt_env(args.runtime_version or runtime_version(
-            parse_accelerator(acc_type), args.tf_version)) if args.eval_tpu else []
+        runtime = (args.runtime_version or runtime_version(parse_accelerator(acc_type),
+                                                           args.tf_version)
+                   if args.eval_tpu else None)
         return [ssh_command(args.name, zone, args.project,
-                            remote_job(argv, env, log=f"~/eval-{run}.log"))]
+                            remote_job(argv, f"~/eval-{run}.log", runtime=runtime,
+                                       tf_source=args.tf_source))]
     if args.cmd == "versions":
         return [["gcloud", "compute", "tpus", "tpu-vm", "versions", "list", f"--zone={zone}",
                  *_project(args.project)]]
