@@ -242,7 +242,7 @@ SCRIPTS = sorted(TPU.glob("*.sh"))
 
 def test_there_are_scripts():
     names = {p.name for p in SCRIPTS}
-    assert {"create_vm.sh", "launch_b0.sh", "launch_eval.sh", "setup_vm.sh"} <= names
+    assert {"create_vm.sh", "launch_b0.sh", "launch_eval.sh", "recover.sh", "setup_vm.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -606,8 +606,8 @@ def test_remote_job_detaches_records_pid_and_exit_code_and_never_starts_twice(tm
     # as under ssh: stdin, stdout and stderr are pipes that ssh reads until every writer is
     # gone; the line must return, and its pipes close, while the job runs. `set -m` (job
     # control) stops bash from giving background jobs /dev/null as stdin by itself.
-    p = subprocess.Popen(["bash", "-c", f"set -m; {line}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=dict(os.environ, HOME=str(tmp_path)))
+    p = subprocess.Popen(["bash", "-c", f"set -m; {line}"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, HOME=str(tmp_path)))
     assert p.wait(timeout=10) == 0
     ready, _, _ = select.select([p.stdout, p.stderr], [], [], 5)
     assert len(ready) == 2 and p.stdout.read() == b"" and p.stderr.read() == b""
@@ -643,3 +643,182 @@ def test_remote_job_pypi_exports_the_venv_libtpu_path(tmp_path):
     # the image's TensorFlow on a VM set up with the venv: refused, saying what to pass
     r = _vm_shell(C.remote_job(job, runtime="tpu-vm-tf-2.16.1-pjrt"), tmp_path)
     assert r.returncode == 2 and "pass --tf_source=pypi" in r.stderr
+
+
+# ------------------------------------------------------------------ recover: the supervise loop
+
+SCRIPTED_GCLOUD = r'''#!{python} -S
+"""Fake gcloud: logs argv; answers describe, queued describe, delete and the job-status ssh
+from a script (JSON {{kind: [{{"out", "err", "rc"}}, ...]}}, one answer a call, the last one repeating)."""
+import json, os, sys
+args = sys.argv[1:]
+with open({log!r}, "a") as f:
+    f.write(json.dumps(args) + "\n")
+command = next((a for a in args if a.startswith("--command=")), "")
+kind = ("qr-describe" if args[2:4] == ["queued-resources", "describe"] else
+        "describe" if args[3:4] == ["describe"] else
+        "delete" if args[3:4] == ["delete"] else
+        "status" if "echo running" in command else "other")
+path = os.environ.get("FAKE_GCLOUD_SCRIPT")
+script = json.load(open(path)) if path else {{}}
+answers = script.get(kind) or [{{}}]
+state_file = {state!r}
+state = json.load(open(state_file)) if os.path.exists(state_file) else {{}}
+i = state.get(kind, 0)
+state[kind] = i + 1
+json.dump(state, open(state_file, "w"))
+a = answers[min(i, len(answers) - 1)]
+print(a.get("out", ""))
+print(a.get("err", ""), file=sys.stderr)
+sys.exit(a.get("rc", 0))
+'''
+
+
+@pytest.fixture
+def scripted_gcloud(tmp_path, monkeypatch):
+    """A fake gcloud first on PATH (here and for subprocesses) answering from a script."""
+    bindir = tmp_path / "sbin"
+    bindir.mkdir()
+    log, state = tmp_path / "calls.jsonl", tmp_path / "state.json"
+    exe = bindir / "gcloud"
+    exe.write_text(SCRIPTED_GCLOUD.format(python=sys.executable, log=str(log), state=str(state)))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+
+    def script(**answers):
+        path = tmp_path / "script.json"
+        path.write_text(json.dumps({k.replace("_", "-"): v for k, v in answers.items()}))
+        monkeypatch.setenv("FAKE_GCLOUD_SCRIPT", str(path))
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return script, calls
+
+
+def _say(*outs):
+    return [{"out": o} for o in outs]
+
+
+def _kind(call: list[str]) -> str:
+    """A short name for one recorded gcloud call."""
+    if call[2] == "queued-resources":
+        return f"qr-{call[3]}"
+    if call[3] == "ssh":
+        cmd = call[-1]
+        return ("status" if "echo running" in cmd else "launch" if "nohup" in cmd else
+                "setup" if "setup_vm.sh" in cmd else "ssh?")
+    return call[3]
+
+
+PLAN_ARGS = dict(name="efn-v4", accelerator_type="v4-8", queued=True, spot=True,
+                 bucket="gs://bkt", overrides=["optimizer.lr=0.02"])
+
+
+def _loop(max_recoveries=3, **kw):
+    logged, slept = [], []
+    loop = C.Recover(C.recover_plan(**{**PLAN_ARGS, **kw}), max_recoveries=max_recoveries,
+                     poll_seconds=60, sleep=slept.append, log=logged.append)
+    return loop, logged, slept
+
+
+def test_recover_recreates_a_preempted_queued_vm_and_relaunches_the_same_job(scripted_gcloud):
+    script, calls = scripted_gcloud
+    script(describe=_say("READY", "READY", "PREEMPTED", "READY"),
+           status=_say("running", "running", "exit 0"))
+    loop, logged, slept = _loop()
+    assert loop.loop() == 0
+    seq = calls()
+    assert [_kind(c) for c in seq] == [
+        "launch", "describe", "status", "describe", "status", "describe",
+        "qr-delete", "qr-create", "describe", "scp", "setup", "launch", "describe", "status"]
+    delete, create = seq[6], seq[7]
+    assert delete == ["compute", "tpus", "queued-resources", "delete", "efn-v4-qr",
+                      "--zone=us-central2-b", "--force", "--quiet"]
+    assert create[:5] == ["compute", "tpus", "queued-resources", "create", "efn-v4-qr"]
+    assert "--spot" in create and "--runtime-version=tpu-vm-tf-2.16.1-pjrt" in create
+    assert seq[11] == seq[0]  # the same training command, flags and all
+    assert "--override=optimizer.lr=0.02" in job_words(seq[0][-1][len("--command="):])
+    assert slept == [60] * 5
+    assert any("recovery 1/3: efn-v4 is PREEMPTED" in m for m in logged)
+    assert logged[-1] == "done: the job on efn-v4 exited 0."
+
+
+def test_recover_gives_up_after_max_recoveries(scripted_gcloud):
+    script, calls = scripted_gcloud
+    script(describe=_say("READY", "PREEMPTED", "READY", "PREEMPTED", "READY", "PREEMPTED"),
+           status=_say("running"))
+    loop, logged, _ = _loop(max_recoveries=2)
+    assert loop.loop() == 1
+    kinds = [_kind(c) for c in calls()]
+    assert kinds.count("qr-create") == 2 and kinds.count("launch") == 3
+    assert kinds[-1] == "describe"  # the third PREEMPTED: nothing deleted or created after it
+    assert "all 2 recoveries (--max_recoveries) are used" in logged[-1]
+    assert "run the same command again" in logged[-1]
+
+
+def test_recover_relaunches_on_a_ready_vm_after_sigterm_and_stops_on_a_real_failure(
+        scripted_gcloud):
+    script, calls = scripted_gcloud
+    script(describe=_say("READY"), status=_say("exit 143", "exit 1"))
+    loop, logged, _ = _loop()
+    assert loop.loop() == 1
+    assert [_kind(c) for c in calls()] == ["launch", "describe", "status", "launch", "describe",
+                                           "status"]
+    assert any("READY but the job is exit 143: launch again" in m for m in logged)
+    assert "ended with exit 1, which is no preemption" in logged[-1]
+
+
+def test_recover_waits_for_a_queued_resource_and_installs_a_fresh_vm(scripted_gcloud):
+    script, calls = scripted_gcloud
+    # started right after `create --queued`: no node yet, then READY without our checkout
+    script(describe=[{"rc": 1, "err": "ERROR: NOT_FOUND: Resource 'efn-v4' was not found"},
+                     {"out": "READY"}],
+           qr_describe=_say("WAITING_FOR_RESOURCES"), status=_say("not-installed", "exit 0"))
+    loop, logged, _ = _loop()
+    assert loop.loop() == 0
+    assert [_kind(c) for c in calls()] == [
+        "launch", "describe", "qr-describe", "describe", "status", "scp", "setup", "launch",
+        "describe", "status"]
+    assert "efn-v4-qr: WAITING_FOR_RESOURCES; waiting for the node" in logged
+
+
+def test_recover_plain_vm_gone_is_created_again_even_if_delete_fails(scripted_gcloud):
+    script, calls = scripted_gcloud
+    gone = {"rc": 1, "err": "NOT_FOUND"}
+    script(describe=[gone, {"out": "CREATING"}, {"out": "READY"}], delete=[gone],
+           status=_say("exit 0"))
+    loop, logged, _ = _loop(queued=False, spot=False)
+    assert loop.loop() == 0
+    assert [_kind(c) for c in calls()] == [
+        "launch", "describe", "delete", "create", "describe", "describe", "scp", "setup",
+        "launch", "describe", "status"]
+    assert any("creating anyway" in m for m in logged)
+    assert "efn-v4: CREATING; waiting for READY" in logged
+
+
+def test_recover_gives_up_when_gcloud_keeps_failing(scripted_gcloud):
+    script, calls = scripted_gcloud
+    script(describe=[{"rc": 1, "err": "ERROR: (gcloud) You do not currently have an active "
+                                      "account selected."}])
+    loop, logged, _ = _loop()
+    assert loop.loop() == 1
+    assert [_kind(c) for c in calls()] == ["launch"] + ["describe"] * C.MAX_GCLOUD_ERRORS
+    assert "gcloud calls in a row failed" in logged[-1]
+
+
+def test_recover_script_end_to_end_and_bad_flags(scripted_gcloud):
+    script, calls = scripted_gcloud
+    script(describe=_say("READY"), status=_say("exit 0"))
+    r = _run("recover.sh", "--name=efn-v4", "--accelerator_type=v4-8", "--bucket=gs://bkt",
+             "--queued", "--poll_seconds=0", env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    stamped = [line for line in r.stdout.splitlines() if line.strip()]  # fake gcloud: blanks
+    assert all(re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ", line) for line in stamped)
+    assert stamped[-1].endswith("done: the job on efn-v4 exited 0.")
+    assert [_kind(c) for c in calls()] == ["launch", "describe", "status"]
+    r = _run("recover.sh", "--name=efn-v4", "--bucket=gs://bkt", "--max_recoveries=-1",
+             env=dict(os.environ))
+    assert r.returncode == 2 and "--max_recoveries must be >= 0" in r.stderr
+    r = _run("recover.sh", "--bucket=gs://bkt", env=dict(os.environ))
+    assert r.returncode == 2 and "--name" in r.stderr
+    assert len(calls()) == 3

@@ -20,7 +20,8 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run as a script from a checkout
@@ -388,12 +389,14 @@ def remote_job(argv: Sequence[str], log: str = "~/train.log", workdir: str = "~/
     return " && ".join([f"cd {workdir}", *steps, guard])
 
 
-def job_status_remote(log: str = "~/train.log") -> str:
-    """Prints `running`, `exit N` (the job ended with code N) or `gone` (no such job: never
-    started on this VM, or killed with the VM before it could write its exit code)."""
+def job_status_remote(log: str = "~/train.log", workdir: str = "~/efficientnet_tf") -> str:
+    """Prints `running`, `exit N` (the job ended with code N), `not-installed` (no checkout on
+    the VM) or `gone` (no such job: never started here, or killed with the VM before it could
+    write its exit code)."""
     pid, code = job_files(log)
     return (f'if {_running(pid)}; then echo running; elif [ -f {code} ]; then echo "exit '
-            f'$(cat {code})"; else echo gone; fi')
+            f'$(cat {code})"; elif [ ! -d {workdir} ]; then echo not-installed; else echo gone; '
+            f'fi')
 
 
 def train_log(run_name: str | None) -> str:
@@ -417,6 +420,224 @@ def estimate_hours(images_per_sec: float, epochs: float = 350) -> float:
     if images_per_sec <= 0:
         raise ValueError("--images_per_sec must be positive.")
     return epochs * IMAGENET_TRAIN_IMAGES / images_per_sec / 3600
+
+
+# ---------------------------------------------------------------- recover: the supervise loop
+
+# Node states (gcloud compute tpus tpu-vm describe --format=value(state)) after which the VM must
+# be deleted and created again; NOT_FOUND stands for "describe says it does not exist".
+LOST_STATES = ("PREEMPTED", "TERMINATED", "NOT_FOUND")
+# Queued-resource states (state.state) in which it will not give us the node any more.
+QR_DEAD_STATES = ("FAILED", "SUSPENDING", "SUSPENDED")
+SIGTERM_EXIT = 143  # the training job saved a checkpoint after SIGTERM (efficientnet_tf.train)
+MAX_GCLOUD_ERRORS = 5  # failed describe/status calls in a row before giving up
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverPlan:
+    name: str
+    launch: list[str]                 # ssh: the training job in the background
+    status: list[str]                 # ssh: prints running / exit N / gone
+    describe: list[str]               # the node's state
+    queued_describe: list[str] | None  # the queued resource's state (None: not queued)
+    delete: list[list[str]]
+    create: list[list[str]]
+    install: list[list[str]]          # copy this checkout, setup_vm.sh
+
+
+def recover_plan(name: str, accelerator_type: str, zone: str | None = None,
+                 project: str | None = None, tf_version: str = DEFAULT_TF_VERSION,
+                 runtime: str | None = None, device_api: str = "pjrt", spot: bool = False,
+                 queued: bool = False, tf_source: str = "image", **train_kwargs) -> RecoverPlan:
+    acc = _single_host(parse_accelerator(accelerator_type))
+    check_name(name)
+    zone = zone_for(acc, zone)
+    runtime = runtime or runtime_version(acc, tf_version, device_api)
+    log = train_log(train_kwargs.get("run_name"))
+    argv = train_argv(accelerator_type, **train_kwargs)
+    tpus = ["gcloud", "compute", "tpus"]
+    return RecoverPlan(
+        name=name,
+        launch=ssh_command(name, zone, project, remote_job(argv, log, runtime=runtime,
+                                                           tf_source=tf_source)),
+        status=ssh_command(name, zone, project, job_status_remote(log)),
+        describe=[*tpus, "tpu-vm", "describe", name, f"--zone={zone}", *_project(project),
+                  "--format=value(state)"],
+        queued_describe=([*tpus, "queued-resources", "describe", f"{name}-qr", f"--zone={zone}",
+                          *_project(project), "--format=value(state.state)"] if queued else None),
+        delete=delete_commands(name, zone, project, queued),
+        create=create_commands(name, acc.type, zone, project, tf_version, runtime, device_api,
+                               spot, queued),
+        install=install_commands(name, zone, project, tf_source=tf_source))
+
+
+def _stamp(message: str) -> None:
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}", flush=True)
+
+
+def _run(cmd: list[str], capture: bool) -> tuple[int, str, str]:
+    r = subprocess.run(cmd, capture_output=capture, text=True)
+    return r.returncode, r.stdout or "", r.stderr or ""
+
+
+class Recover:
+    """Launch; every poll_seconds read the VM's state and the job's; after a preemption or a
+    maintenance event delete, create, install and launch the same job again (it resumes from the
+    latest checkpoint in model_dir), at most max_recoveries times; stop when the job exits 0.
+    sleep, run and log are parameters so that tests run in milliseconds."""
+
+    def __init__(self, plan: RecoverPlan, max_recoveries: int = 10, poll_seconds: float = 300,
+                 sleep: Callable[[float], None] = time.sleep,
+                 run: Callable[[list[str], bool], tuple[int, str, str]] = _run,
+                 log: Callable[[str], None] = _stamp):
+        if max_recoveries < 0:
+            raise ValueError(f"--max_recoveries must be >= 0; got {max_recoveries}.")
+        if poll_seconds < 0:
+            raise ValueError(f"--poll_seconds must be >= 0; got {poll_seconds}.")
+        self.plan, self.max_recoveries, self.poll_seconds = plan, max_recoveries, poll_seconds
+        self.sleep, self.run, self.log = sleep, run, log
+        self.recoveries = self.errors = 0
+
+    def _call(self, cmd: list[str], capture: bool = False) -> tuple[int, str, str]:
+        if not capture:
+            self.log("+ " + shlex.join(cmd))
+        return self.run(cmd, capture)
+
+    def _steps(self, cmds: list[list[str]], what: str) -> bool:
+        for cmd in cmds:
+            rc = self._call(cmd)[0]
+            if rc:
+                self.log(f"{what}: {cmd[0]} exited with {rc}")
+                return False
+        return True
+
+    def _error(self, what: str, rc: int, err: str) -> None:
+        self.errors += 1
+        self.log(f"{what} failed (exit {rc}, {self.errors}/{MAX_GCLOUD_ERRORS} in a row): "
+                 f"{err.strip()[-300:]}")
+
+    def vm_state(self) -> str | None:
+        rc, out, err = self._call(self.plan.describe, capture=True)
+        if rc == 0:
+            return out.strip() or "UNKNOWN"
+        if "NOT_FOUND" in err or "not found" in err.lower():
+            return "NOT_FOUND"
+        self._error("describe", rc, err)
+        return None
+
+    def job_state(self) -> str | None:
+        rc, out, err = self._call(self.plan.status, capture=True)
+        last = (out.strip().splitlines() or [""])[-1].strip()
+        if rc == 0 and re.fullmatch(r"running|gone|not-installed|exit -?\d+", last):
+            return last
+        self._error("job status over ssh", rc, err or out)
+        return None
+
+    def queued_state(self) -> str | None:
+        rc, out, err = self._call(self.plan.queued_describe, capture=True)
+        if rc == 0:
+            return out.strip() or "UNKNOWN"
+        if "NOT_FOUND" in err or "not found" in err.lower():
+            return "NOT_FOUND"
+        self._error("queued-resources describe", rc, err)
+        return None
+
+    def _queue_alive(self) -> bool | None:
+        """For a queued resource whose node is not READY: True while the request can still be
+        served, False when it cannot, None when gcloud failed."""
+        q = self.queued_state()
+        if q is None:
+            return None
+        alive = q not in QR_DEAD_STATES and q != "NOT_FOUND"
+        self.log(f"{self.plan.name}-qr: {q}" + ("; waiting for the node" if alive else ""))
+        return alive
+
+    def wait_until_ready(self) -> bool:
+        """After create: the node READY (True), or the request lost (False)."""
+        while True:
+            self.sleep(self.poll_seconds)
+            state = self.vm_state()
+            if state == "READY":
+                return True
+            if state is not None and self.plan.queued_describe is not None:
+                alive = self._queue_alive()
+                if alive is False:
+                    return False
+                if alive is None:
+                    state = None
+            elif state in LOST_STATES:
+                self.log(f"{self.plan.name}: {state} before it was READY")
+                return False
+            if state is None:
+                if self.errors >= MAX_GCLOUD_ERRORS:
+                    return False
+                continue
+            self.errors = 0
+            self.log(f"{self.plan.name}: {state}; waiting for READY")
+
+    def recover(self, state: str, job: str | None) -> None:
+        """One recovery: the same job again, on a new VM when the old one is lost."""
+        self.recoveries += 1
+        n = f"recovery {self.recoveries}/{self.max_recoveries}"
+        if state in LOST_STATES:
+            self.log(f"{n}: {self.plan.name} is {state}: delete, create, install, launch")
+            for cmd in self.plan.delete:  # may fail when there is nothing left to delete
+                rc = self._call(cmd)[0]
+                if rc:
+                    self.log(f"delete: exit {rc} (nothing to delete?); creating anyway")
+            ok = (self._steps(self.plan.create, "create") and self.wait_until_ready()
+                  and self._steps(self.plan.install, "install"))
+        elif job == "not-installed":
+            self.log(f"{n}: {self.plan.name} is READY without our checkout: install, launch")
+            ok = self._steps(self.plan.install, "install")
+        else:
+            self.log(f"{n}: {self.plan.name} is READY but the job is {job}: launch again")
+            ok = True
+        if not ok:
+            self.log(f"{n} did not get a working VM; polling on")
+            return
+        self._steps([self.plan.launch], "launch")
+
+    def loop(self) -> int:
+        self._steps([self.plan.launch], "launch")
+        while True:
+            self.sleep(self.poll_seconds)
+            state = self.vm_state()
+            job = self.job_state() if state == "READY" else None
+            if state == "NOT_FOUND" and self.plan.queued_describe is not None:
+                alive = self._queue_alive()  # not served yet (after `create --queued`)?
+                if alive is None:
+                    state = None
+                elif alive:
+                    self.errors = 0
+                    continue
+            if self.errors >= MAX_GCLOUD_ERRORS:
+                self.log(f"giving up: {MAX_GCLOUD_ERRORS} gcloud calls in a row failed (see "
+                         f"above); fix gcloud access and run the same command again.")
+                return 1
+            if state is None or (state == "READY" and job is None):
+                continue
+            self.errors = 0  # a poll that worked
+            if state == "READY" and job == "running":
+                continue
+            if state == "READY" and job == "exit 0":
+                self.log(f"done: the job on {self.plan.name} exited 0.")
+                return 0
+            if state == "READY" and job not in ("gone", "not-installed", f"exit {SIGTERM_EXIT}"):
+                self.log(f"stopping: the job on {self.plan.name} ended with {job}, which is no "
+                         f"preemption; read its log on the VM, fix, and run the same command "
+                         f"again (it resumes from the latest checkpoint).")
+                return 1
+            if state != "READY" and state not in LOST_STATES:
+                self.log(f"{self.plan.name}: {state}; waiting")
+                continue
+            if self.recoveries >= self.max_recoveries:
+                self.log(f"giving up: {self.plan.name} is {state} (job: {job or 'unknown'}) "
+                         f"and all {self.max_recoveries} recoveries (--max_recoveries) are "
+                         f"used; run the same command again to go on from the latest "
+                         f"checkpoint.")
+                return 1
+            self.recover(state, job)
 
 
 # ---------------------------------------------------------------- CLI
@@ -478,19 +699,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf_source", default="image", choices=("image", "pypi"),
                    help="image: keep the image's TensorFlow; pypi: tensorflow-tpu in a venv.")
 
-    for cmd in ("train", "smoke"):
-        p = sub.add_parser(cmd, help="Launch training on the VM over ssh (no --name: print the "
-                                     "command to run on the VM itself)." if cmd == "train" else
-                           "Throughput check with synthetic data (3 executions of 100 steps).")
-        _add_common(p, name_required=False)
+    for cmd in ("train", "smoke", "recover"):
+        p = sub.add_parser(cmd, help={
+            "train": "Launch training on the VM over ssh (no --name: print the command to run "
+                     "on the VM itself).",
+            "smoke": "Throughput check with synthetic data (3 executions of 100 steps).",
+            "recover": "Launch training and keep it going: after a preemption or maintenance "
+                       "event delete, re-create, re-install the VM and resume."}[cmd])
+        _add_common(p, name_required=cmd == "recover")
         _add_train(p)
         p.add_argument("--mode", default="train_and_eval", choices=("train", "train_and_eval"))
         p.add_argument("--train_batch_size", type=int, default=None)
         p.add_argument("--eval_batch_size", type=int, default=1024)
-        p.add_argument("--steps_per_execution", type=int, default=1251 if cmd == "train" else 100,
+        p.add_argument("--steps_per_execution", type=int, default=100 if cmd == "smoke" else 1251,
                        help="Steps per device loop (the reference's iterations_per_loop: 1251).")
         p.add_argument("--epochs", type=float, default=350)
         p.add_argument("--override", action="append", default=[])
+    # recover: how the VM is created again (as `create`), and the loop
+    p.add_argument("--device_api", default="pjrt", choices=("pjrt", "se"))
+    p.add_argument("--spot", action="store_true", help="Re-create as a Spot VM.")
+    p.add_argument("--queued", action="store_true", help="The VM is (and is re-created as) a "
+                                                         "queued resource NAME-qr.")
+    p.add_argument("--max_recoveries", type=int, default=10,
+                   help="Re-creates/relaunches before giving up (default 10).")
+    p.add_argument("--poll_seconds", type=float, default=300,
+                   help="Seconds between two looks at the VM and the job (default 300).")
 
     p = sub.add_parser("eval", help="Continuous evaluation command (CPU or a second TPU).")
     _add_common(p, name_required=False)
@@ -511,6 +744,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images_per_sec", type=float, required=True)
     p.add_argument("--epochs", type=float, default=350)
     return ap
+
+
+def recover_plan_for(args: argparse.Namespace) -> RecoverPlan:
+    return recover_plan(
+        args.name, args.accelerator_type, args.zone, args.project, args.tf_version,
+        args.runtime_version, args.device_api, args.spot, args.queued, args.tf_source,
+        bucket=args.bucket, model=args.model, run_name=args.run_name, data_dir=args.data_dir,
+        model_dir=args.model_dir, mode=args.mode, train_batch_size=args.train_batch_size,
+        eval_batch_size=args.eval_batch_size, steps_per_execution=args.steps_per_execution,
+        epochs=args.epochs, overrides=list(args.override))
 
 
 def commands_for(args: argparse.Namespace) -> list[list[str]]:
@@ -547,6 +790,11 @@ def commands_for(args: argparse.Namespace) -> list[list[str]]:
             eval_batch_size=args.eval_batch_size, steps_per_execution=spe,
             epochs=args.epochs, train_steps=3 * spe if smoke else None, synthetic=smoke,
             overrides=list(args.override), tf_source=args.tf_source)
+    if args.cmd == "recover":
+        plan = recover_plan_for(args)
+        return [plan.launch, plan.status, plan.describe,
+                *([plan.queued_describe] if plan.queued_describe else []),
+                *plan.delete, *plan.create, *plan.install]
     if args.cmd == "eval":
         bucket = check_gcs(args.bucket) if args.bucket else None
         run = args.run_name or f"{args.model}-{acc_type}"
@@ -581,10 +829,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{args.images_per_sec:g} images/s: {h:.1f} h")
             return 0
         cmds = commands_for(args)
+        dry = getattr(args, "dry_run", False)
+        if args.cmd == "recover" and not dry:
+            loop = Recover(recover_plan_for(args), args.max_recoveries, args.poll_seconds)
+            return loop.loop()
     except ValueError as e:
         print(f"tpu/commands.py: error: {e}", file=sys.stderr)
         return 2
-    dry = getattr(args, "dry_run", False)
     for cmd in cmds:
         print(("" if dry else "+ ") + shlex.join(cmd), flush=True)
         if not dry:
