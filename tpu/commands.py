@@ -20,7 +20,8 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run as a script from a checkout
@@ -36,6 +37,9 @@ TRAIN_MODULE = "efficientnet_tf.train"
 NEWEST_DOCUMENTED_TF = (2, 18, 0)
 # Newest TF whose exact image names the docs spell out (runtimes page list; v2 page example).
 DEFAULT_TF_VERSION = "2.16.1"
+# Newer minors whose image names the docs also show (2.17: tpu-vm-tf-2.17.1-pjrt on the
+# preemptible-TPU page); other versions above DEFAULT_TF_VERSION print a warning.
+DOCUMENTED_NEWER_MINORS = ((2, 17),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +55,8 @@ class Generation:
 GENERATIONS = {
     "v2": Generation("v2", ("us-central1-b", "us-central1-c"), "cores", 2, 8, (2, 0, 0)),
     "v3": Generation("v3", ("us-central1-a", "us-central1-b"), "cores", 2, 8, (2, 0, 0)),
-    "v4": Generation("v4", ("us-central2-b",), "cores", 1, 8, (2, 0, 0)),
+    # v4: the -v4 images start at 2.9.1 (runtimes page); no v4 image for older TensorFlow
+    "v4": Generation("v4", ("us-central2-b",), "cores", 1, 8, (2, 9, 1)),
     "v5litepod": Generation("v5litepod", ("us-central1-a", "us-south1-a", "us-west1-c",
                                           "us-west4-a"), "chips", 1, 8, (2, 15, 0)),
     "v5p": Generation("v5p", ("us-central1-a", "us-east5-a"), "cores", 1, 8, (2, 15, 0)),
@@ -113,7 +118,7 @@ def runtime_version(acc: Accelerator, tf_version: str = DEFAULT_TF_VERSION,
     """The TPU VM software version for `tf_version` on `acc`, by the rules of
     cloud.google.com/tpu/docs/runtimes: tpu-vm-tf-x.y.z[-pod][-{pjrt|se}] for TF >= 2.15
     (v5e/v5p/v6e: PJRT only), tpu-vm-tf-x.y.z[-pod] before 2.15, and the -v4 images for
-    TPU v4 with TF <= 2.10.0."""
+    TPU v4 with TF 2.9.1 ... 2.10.0 (none older)."""
     v = parse_tf_version(tf_version)
     gen = acc.generation
     if device_api not in ("pjrt", "se"):
@@ -127,10 +132,15 @@ def runtime_version(acc: Accelerator, tf_version: str = DEFAULT_TF_VERSION,
             f"(tpu/README.md), or pick an image from "
             f"`gcloud compute tpus tpu-vm versions list --zone=ZONE` and pass --runtime_version.")
     if v < gen.min_tf:
-        raise ValueError(f"TPU {gen.name} needs TensorFlow >= {'.'.join(map(str, gen.min_tf))} "
-                         f"on TPU VMs; got {tf_version}.")
+        oldest = ".".join(map(str, gen.min_tf))
+        why = (" (the v4 images tpu-vm-tf-2.9.1-v4 ... tpu-vm-tf-2.10.0-v4 are the oldest; from "
+               "2.10.1 on the regular images serve v4)" if gen.name == "v4" else "")
+        raise ValueError(f"No TPU VM image runs TensorFlow {tf_version} on TPU {gen.name}: the "
+                         f"oldest is {oldest}{why}. Pass --tf_version={oldest} or newer (default "
+                         f"{DEFAULT_TF_VERSION}), or pick a TPU type whose images have your "
+                         f"TensorFlow.")
     pod = "-pod" if acc.multi_host else ""
-    if v > parse_tf_version(DEFAULT_TF_VERSION):
+    if v > parse_tf_version(DEFAULT_TF_VERSION) and v[:2] not in DOCUMENTED_NEWER_MINORS:
         print(f"warning: the docs list TensorFlow {tf_version} for TPUs but not its image name; "
               f"built by their naming rule. Check `gcloud compute tpus tpu-vm versions list "
               f"--zone=ZONE` and pass --runtime_version if it differs.", file=sys.stderr)
@@ -262,13 +272,21 @@ def install_commands(name: str, zone: str, project: str | None = None,
 
 # ---------------------------------------------------------------- training commands
 
-def pjrt_env(runtime: str) -> list[str]:
+VENV = "~/efn-venv"  # made by tpu/setup_vm.sh pypi
+VENV_LIBTPU = "import libtpu; print(libtpu.get_library_path())"  # as in tpu/setup_vm.sh
+
+
+def pjrt_env(runtime: str | None, tf_source: str = "image") -> list[str]:
     """Environment for TF on a single-host -pjrt image (as Google's own TF-on-TPU test configs set
-    it: GoogleCloudPlatform/ml-auto-solutions dags/solutions_team/configs/tensorflow/common.py)."""
-    if runtime.endswith("-pjrt"):
-        return ["NEXT_PLUGGABLE_DEVICE_USE_C_API=true",
-                "TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"]
-    return []
+    it: GoogleCloudPlatform/ml-auto-solutions dags/solutions_team/configs/tensorflow/common.py).
+    The library is the image's /lib/libtpu.so; with tf_source=pypi it is the venv's libtpu,
+    whose path remote_job looks up on the VM."""
+    if not runtime or not runtime.endswith("-pjrt"):
+        return []
+    if tf_source == "pypi":
+        return ["NEXT_PLUGGABLE_DEVICE_USE_C_API=true"]
+    return ["NEXT_PLUGGABLE_DEVICE_USE_C_API=true",
+            "TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"]
 
 
 def steps_for_epochs(epochs: float, batch: int) -> int:
@@ -335,32 +353,291 @@ def eval_argv(model_dir: str, data_dir: str, model: str = "efficientnet-b0",
     return argv
 
 
-def remote_job(argv: Sequence[str], env: Sequence[str] = (), log: str = "~/train.log",
-               workdir: str = "~/efficientnet_tf") -> str:
-    """The shell line run on the VM over ssh: cd, the venv if setup_vm.sh made one, then the job
-    in the background (nohup, appending to `log`) so it survives the ssh session."""
+def job_files(log: str) -> tuple[str, str]:
+    """The job's pid file and exit-code file on the VM, next to its log."""
+    stem = log[:-len(".log")] if log.endswith(".log") else log
+    return f"{stem}.pid", f"{stem}.exit"
+
+
+def _running(pid: str) -> str:
+    return f'[ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null'
+
+
+def remote_job(argv: Sequence[str], log: str = "~/train.log", workdir: str = "~/efficientnet_tf",
+               runtime: str | None = None, tf_source: str = "image") -> str:
+    """The shell line run on the VM over ssh: cd, the venv for tf_source=pypi, then the job in the
+    background (nohup, stdin from /dev/null so ssh does not wait for it, output appended to
+    `log`) so it survives the ssh session. The job's pid and, when it ends, its exit code go to
+    job_files(log); a job still running is not started twice."""
+    if tf_source not in ("image", "pypi"):
+        raise ValueError(f"--tf_source must be image or pypi; got {tf_source!r}.")
+    env = pjrt_env(runtime, tf_source)
     job = shlex.join(["env", *env, *argv]) if env else shlex.join(argv)
-    activate = "if [ -f ~/efn-venv/bin/activate ]; then . ~/efn-venv/bin/activate; fi"
-    return f"cd {workdir} && {activate} && nohup {job} >> {log} 2>&1 &"
+    pid, code = job_files(log)
+    if tf_source == "pypi":
+        steps = [f". {VENV}/bin/activate"]
+        if env:
+            steps += [f'lib="$(python3 -c {shlex.quote(VENV_LIBTPU)})"',
+                      'export TF_PLUGGABLE_DEVICE_LIBRARY_PATH="$lib"']
+    else:
+        steps = [f"if [ -d {VENV} ]; then echo 'error: {VENV} exists on the VM (set up with "
+                 f"--tf_source=pypi): pass --tf_source=pypi' >&2; exit 2; fi"]
+    start = (f"rm -f {code}; nohup sh -c {shlex.quote(f'{job}; echo $? > {code}')} "
+             f"< /dev/null >> {log} 2>&1 & echo $! > {pid}")
+    guard = (f'if {_running(pid)}; then echo "already running (pid $(cat {pid})), not started '
+             f'again"; else {start}; fi')
+    return " && ".join([f"cd {workdir}", *steps, guard])
+
+
+def job_status_remote(log: str = "~/train.log", workdir: str = "~/efficientnet_tf") -> str:
+    """Prints `running`, `exit N` (the job ended with code N), `not-installed` (no checkout on
+    the VM) or `gone` (no such job: never started here, or killed with the VM before it could
+    write its exit code)."""
+    pid, code = job_files(log)
+    return (f'if {_running(pid)}; then echo running; elif [ -f {code} ]; then echo "exit '
+            f'$(cat {code})"; elif [ ! -d {workdir} ]; then echo not-installed; else echo gone; '
+            f'fi')
+
+
+def train_log(run_name: str | None) -> str:
+    return f"~/{run_name or 'train'}.log"
 
 
 def train_commands(name: str | None, zone: str | None, project: str | None = None,
                    runtime: str | None = None, tf_version: str = DEFAULT_TF_VERSION,
-                   **kwargs) -> list[list[str]]:
+                   tf_source: str = "image", **kwargs) -> list[list[str]]:
     argv = train_argv(**kwargs)
     if not name:
         return [argv]
     acc = parse_accelerator(kwargs["accelerator_type"])
     runtime = runtime or runtime_version(acc, tf_version)
-    log = f"~/{kwargs.get('run_name') or 'train'}.log"
     return [ssh_command(name, zone_for(acc, zone), project,
-                        remote_job(argv, pjrt_env(runtime), log=log))]
+                        remote_job(argv, train_log(kwargs.get("run_name")), runtime=runtime,
+                                   tf_source=tf_source))]
 
 
 def estimate_hours(images_per_sec: float, epochs: float = 350) -> float:
     if images_per_sec <= 0:
         raise ValueError("--images_per_sec must be positive.")
     return epochs * IMAGENET_TRAIN_IMAGES / images_per_sec / 3600
+
+
+# ---------------------------------------------------------------- recover: the supervise loop
+
+# Node states (gcloud compute tpus tpu-vm describe --format=value(state)) after which the VM must
+# be deleted and created again; NOT_FOUND stands for "describe says it does not exist".
+LOST_STATES = ("PREEMPTED", "TERMINATED", "NOT_FOUND")
+# Queued-resource states (state.state) in which it will not give us the node any more.
+QR_DEAD_STATES = ("FAILED", "SUSPENDING", "SUSPENDED")
+SIGTERM_EXIT = 143  # the training job saved a checkpoint after SIGTERM (efficientnet_tf.train)
+MAX_GCLOUD_ERRORS = 5  # failed describe/status calls in a row before giving up
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverPlan:
+    name: str
+    launch: list[str]                 # ssh: the training job in the background
+    status: list[str]                 # ssh: prints running / exit N / gone
+    describe: list[str]               # the node's state
+    queued_describe: list[str] | None  # the queued resource's state (None: not queued)
+    delete: list[list[str]]
+    create: list[list[str]]
+    install: list[list[str]]          # copy this checkout, setup_vm.sh
+
+
+def recover_plan(name: str, accelerator_type: str, zone: str | None = None,
+                 project: str | None = None, tf_version: str = DEFAULT_TF_VERSION,
+                 runtime: str | None = None, device_api: str = "pjrt", spot: bool = False,
+                 queued: bool = False, tf_source: str = "image", **train_kwargs) -> RecoverPlan:
+    acc = _single_host(parse_accelerator(accelerator_type))
+    check_name(name)
+    zone = zone_for(acc, zone)
+    runtime = runtime or runtime_version(acc, tf_version, device_api)
+    log = train_log(train_kwargs.get("run_name"))
+    argv = train_argv(accelerator_type, **train_kwargs)
+    tpus = ["gcloud", "compute", "tpus"]
+    return RecoverPlan(
+        name=name,
+        launch=ssh_command(name, zone, project, remote_job(argv, log, runtime=runtime,
+                                                           tf_source=tf_source)),
+        status=ssh_command(name, zone, project, job_status_remote(log)),
+        describe=[*tpus, "tpu-vm", "describe", name, f"--zone={zone}", *_project(project),
+                  "--format=value(state)"],
+        queued_describe=([*tpus, "queued-resources", "describe", f"{name}-qr", f"--zone={zone}",
+                          *_project(project), "--format=value(state.state)"] if queued else None),
+        delete=delete_commands(name, zone, project, queued),
+        create=create_commands(name, acc.type, zone, project, tf_version, runtime, device_api,
+                               spot, queued),
+        install=install_commands(name, zone, project, tf_source=tf_source))
+
+
+def _stamp(message: str) -> None:
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}", flush=True)
+
+
+def _run(cmd: list[str], capture: bool) -> tuple[int, str, str]:
+    r = subprocess.run(cmd, capture_output=capture, text=True)
+    return r.returncode, r.stdout or "", r.stderr or ""
+
+
+class Recover:
+    """Launch; every poll_seconds read the VM's state and the job's; after a preemption or a
+    maintenance event delete, create, install and launch the same job again (it resumes from the
+    latest checkpoint in model_dir), at most max_recoveries times; stop when the job exits 0.
+    sleep, run and log are parameters so that tests run in milliseconds."""
+
+    def __init__(self, plan: RecoverPlan, max_recoveries: int = 10, poll_seconds: float = 300,
+                 sleep: Callable[[float], None] = time.sleep,
+                 run: Callable[[list[str], bool], tuple[int, str, str]] = _run,
+                 log: Callable[[str], None] = _stamp):
+        if max_recoveries < 0:
+            raise ValueError(f"--max_recoveries must be >= 0; got {max_recoveries}.")
+        if poll_seconds < 0:
+            raise ValueError(f"--poll_seconds must be >= 0; got {poll_seconds}.")
+        self.plan, self.max_recoveries, self.poll_seconds = plan, max_recoveries, poll_seconds
+        self.sleep, self.run, self.log = sleep, run, log
+        self.recoveries = self.errors = 0
+
+    def _call(self, cmd: list[str], capture: bool = False) -> tuple[int, str, str]:
+        if not capture:
+            self.log("+ " + shlex.join(cmd))
+        return self.run(cmd, capture)
+
+    def _steps(self, cmds: list[list[str]], what: str) -> bool:
+        for cmd in cmds:
+            rc = self._call(cmd)[0]
+            if rc:
+                self.log(f"{what}: {cmd[0]} exited with {rc}")
+                return False
+        return True
+
+    def _error(self, what: str, rc: int, err: str) -> None:
+        self.errors += 1
+        self.log(f"{what} failed (exit {rc}, {self.errors}/{MAX_GCLOUD_ERRORS} in a row): "
+                 f"{err.strip()[-300:]}")
+
+    def vm_state(self) -> str | None:
+        rc, out, err = self._call(self.plan.describe, capture=True)
+        if rc == 0:
+            return out.strip() or "UNKNOWN"
+        if "NOT_FOUND" in err or "not found" in err.lower():
+            return "NOT_FOUND"
+        self._error("describe", rc, err)
+        return None
+
+    def job_state(self) -> str | None:
+        rc, out, err = self._call(self.plan.status, capture=True)
+        last = (out.strip().splitlines() or [""])[-1].strip()
+        if rc == 0 and re.fullmatch(r"running|gone|not-installed|exit -?\d+", last):
+            return last
+        self._error("job status over ssh", rc, err or out)
+        return None
+
+    def queued_state(self) -> str | None:
+        rc, out, err = self._call(self.plan.queued_describe, capture=True)
+        if rc == 0:
+            return out.strip() or "UNKNOWN"
+        if "NOT_FOUND" in err or "not found" in err.lower():
+            return "NOT_FOUND"
+        self._error("queued-resources describe", rc, err)
+        return None
+
+    def _queue_alive(self) -> bool | None:
+        """For a queued resource whose node is not READY: True while the request can still be
+        served, False when it cannot, None when gcloud failed."""
+        q = self.queued_state()
+        if q is None:
+            return None
+        alive = q not in QR_DEAD_STATES and q != "NOT_FOUND"
+        self.log(f"{self.plan.name}-qr: {q}" + ("; waiting for the node" if alive else ""))
+        return alive
+
+    def wait_until_ready(self) -> bool:
+        """After create: the node READY (True), or the request lost (False)."""
+        while True:
+            self.sleep(self.poll_seconds)
+            state = self.vm_state()
+            if state == "READY":
+                return True
+            if state is not None and self.plan.queued_describe is not None:
+                alive = self._queue_alive()
+                if alive is False:
+                    return False
+                if alive is None:
+                    state = None
+            elif state in LOST_STATES:
+                self.log(f"{self.plan.name}: {state} before it was READY")
+                return False
+            if state is None:
+                if self.errors >= MAX_GCLOUD_ERRORS:
+                    return False
+                continue
+            self.errors = 0
+            self.log(f"{self.plan.name}: {state}; waiting for READY")
+
+    def recover(self, state: str, job: str | None) -> None:
+        """One recovery: the same job again, on a new VM when the old one is lost."""
+        self.recoveries += 1
+        n = f"recovery {self.recoveries}/{self.max_recoveries}"
+        if state in LOST_STATES:
+            self.log(f"{n}: {self.plan.name} is {state}: delete, create, install, launch")
+            for cmd in self.plan.delete:  # may fail when there is nothing left to delete
+                rc = self._call(cmd)[0]
+                if rc:
+                    self.log(f"delete: exit {rc} (nothing to delete?); creating anyway")
+            ok = (self._steps(self.plan.create, "create") and self.wait_until_ready()
+                  and self._steps(self.plan.install, "install"))
+        elif job == "not-installed":
+            self.log(f"{n}: {self.plan.name} is READY without our checkout: install, launch")
+            ok = self._steps(self.plan.install, "install")
+        else:
+            self.log(f"{n}: {self.plan.name} is READY but the job is {job}: launch again")
+            ok = True
+        if not ok:
+            self.log(f"{n} did not get a working VM; polling on")
+            return
+        self._steps([self.plan.launch], "launch")
+
+    def loop(self) -> int:
+        self._steps([self.plan.launch], "launch")
+        while True:
+            self.sleep(self.poll_seconds)
+            state = self.vm_state()
+            job = self.job_state() if state == "READY" else None
+            if state == "NOT_FOUND" and self.plan.queued_describe is not None:
+                alive = self._queue_alive()  # not served yet (after `create --queued`)?
+                if alive is None:
+                    state = None
+                elif alive:
+                    self.errors = 0
+                    continue
+            if self.errors >= MAX_GCLOUD_ERRORS:
+                self.log(f"giving up: {MAX_GCLOUD_ERRORS} gcloud calls in a row failed (see "
+                         f"above); fix gcloud access and run the same command again.")
+                return 1
+            if state is None or (state == "READY" and job is None):
+                continue
+            self.errors = 0  # a poll that worked
+            if state == "READY" and job == "running":
+                continue
+            if state == "READY" and job == "exit 0":
+                self.log(f"done: the job on {self.plan.name} exited 0.")
+                return 0
+            if state == "READY" and job not in ("gone", "not-installed", f"exit {SIGTERM_EXIT}"):
+                self.log(f"stopping: the job on {self.plan.name} ended with {job}, which is no "
+                         f"preemption; read its log on the VM, fix, and run the same command "
+                         f"again (it resumes from the latest checkpoint).")
+                return 1
+            if state != "READY" and state not in LOST_STATES:
+                self.log(f"{self.plan.name}: {state}; waiting")
+                continue
+            if self.recoveries >= self.max_recoveries:
+                self.log(f"giving up: {self.plan.name} is {state} (job: {job or 'unknown'}) "
+                         f"and all {self.max_recoveries} recoveries (--max_recoveries) are "
+                         f"used; run the same command again to go on from the latest "
+                         f"checkpoint.")
+                return 1
+            self.recover(state, job)
 
 
 # ---------------------------------------------------------------- CLI
@@ -383,6 +660,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_name", default=None)
     p.add_argument("--tf_version", default=DEFAULT_TF_VERSION)
     p.add_argument("--runtime_version", default=None)
+    p.add_argument("--tf_source", default="image", choices=("image", "pypi"),
+                   help="As the VM was installed: image TensorFlow, or the pypi venv.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,19 +699,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf_source", default="image", choices=("image", "pypi"),
                    help="image: keep the image's TensorFlow; pypi: tensorflow-tpu in a venv.")
 
-    for cmd in ("train", "smoke"):
-        p = sub.add_parser(cmd, help="Launch training on the VM over ssh (no --name: print the "
-                                     "command to run on the VM itself)." if cmd == "train" else
-                           "Throughput check with synthetic data (3 executions of 100 steps).")
-        _add_common(p, name_required=False)
+    for cmd in ("train", "smoke", "recover"):
+        p = sub.add_parser(cmd, help={
+            "train": "Launch training on the VM over ssh (no --name: print the command to run "
+                     "on the VM itself).",
+            "smoke": "Throughput check with synthetic data (3 executions of 100 steps).",
+            "recover": "Launch training and keep it going: after a preemption or maintenance "
+                       "event delete, re-create, re-install the VM and resume."}[cmd])
+        _add_common(p, name_required=cmd == "recover")
         _add_train(p)
         p.add_argument("--mode", default="train_and_eval", choices=("train", "train_and_eval"))
         p.add_argument("--train_batch_size", type=int, default=None)
         p.add_argument("--eval_batch_size", type=int, default=1024)
-        p.add_argument("--steps_per_execution", type=int, default=1251 if cmd == "train" else 100,
+        p.add_argument("--steps_per_execution", type=int, default=100 if cmd == "smoke" else 1251,
                        help="Steps per device loop (the reference's iterations_per_loop: 1251).")
         p.add_argument("--epochs", type=float, default=350)
         p.add_argument("--override", action="append", default=[])
+    # recover: how the VM is created again (as `create`), and the loop
+    p.add_argument("--device_api", default="pjrt", choices=("pjrt", "se"))
+    p.add_argument("--spot", action="store_true", help="Re-create as a Spot VM.")
+    p.add_argument("--queued", action="store_true", help="The VM is (and is re-created as) a "
+                                                         "queued resource NAME-qr.")
+    p.add_argument("--max_recoveries", type=int, default=10,
+                   help="Re-creates/relaunches before giving up (default 10).")
+    p.add_argument("--poll_seconds", type=float, default=300,
+                   help="Seconds between two looks at the VM and the job (default 300).")
 
     p = sub.add_parser("eval", help="Continuous evaluation command (CPU or a second TPU).")
     _add_common(p, name_required=False)
@@ -453,6 +744,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images_per_sec", type=float, required=True)
     p.add_argument("--epochs", type=float, default=350)
     return ap
+
+
+def recover_plan_for(args: argparse.Namespace) -> RecoverPlan:
+    return recover_plan(
+        args.name, args.accelerator_type, args.zone, args.project, args.tf_version,
+        args.runtime_version, args.device_api, args.spot, args.queued, args.tf_source,
+        bucket=args.bucket, model=args.model, run_name=args.run_name, data_dir=args.data_dir,
+        model_dir=args.model_dir, mode=args.mode, train_batch_size=args.train_batch_size,
+        eval_batch_size=args.eval_batch_size, steps_per_execution=args.steps_per_execution,
+        epochs=args.epochs, overrides=list(args.override))
 
 
 def commands_for(args: argparse.Namespace) -> list[list[str]]:
@@ -488,7 +789,12 @@ def commands_for(args: argparse.Namespace) -> list[list[str]]:
             mode="train" if smoke else args.mode, train_batch_size=args.train_batch_size,
             eval_batch_size=args.eval_batch_size, steps_per_execution=spe,
             epochs=args.epochs, train_steps=3 * spe if smoke else None, synthetic=smoke,
-            overrides=list(args.override))
+            overrides=list(args.override), tf_source=args.tf_source)
+    if args.cmd == "recover":
+        plan = recover_plan_for(args)
+        return [plan.launch, plan.status, plan.describe,
+                *([plan.queued_describe] if plan.queued_describe else []),
+                *plan.delete, *plan.create, *plan.install]
     if args.cmd == "eval":
         bucket = check_gcs(args.bucket) if args.bucket else None
         run = args.run_name or f"{args.model}-{acc_type}"
@@ -500,10 +806,12 @@ def commands_for(args: argparse.Namespace) -> list[list[str]]:
                          args.eval_tpu)
         if not args.name:
             return [argv]
-        env = pjrt_env(args.runtime_version or runtime_version(
-            parse_accelerator(acc_type), args.tf_version)) if args.eval_tpu else []
+        runtime = (args.runtime_version or runtime_version(parse_accelerator(acc_type),
+                                                           args.tf_version)
+                   if args.eval_tpu else None)
         return [ssh_command(args.name, zone, args.project,
-                            remote_job(argv, env, log=f"~/eval-{run}.log"))]
+                            remote_job(argv, f"~/eval-{run}.log", runtime=runtime,
+                                       tf_source=args.tf_source))]
     if args.cmd == "versions":
         return [["gcloud", "compute", "tpus", "tpu-vm", "versions", "list", f"--zone={zone}",
                  *_project(args.project)]]
@@ -521,10 +829,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{args.images_per_sec:g} images/s: {h:.1f} h")
             return 0
         cmds = commands_for(args)
+        dry = getattr(args, "dry_run", False)
+        if args.cmd == "recover" and not dry:
+            loop = Recover(recover_plan_for(args), args.max_recoveries, args.poll_seconds)
+            return loop.loop()
     except ValueError as e:
         print(f"tpu/commands.py: error: {e}", file=sys.stderr)
         return 2
-    dry = getattr(args, "dry_run", False)
     for cmd in cmds:
         print(("" if dry else "+ ") + shlex.join(cmd), flush=True)
         if not dry:

@@ -13,16 +13,33 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 case "$mode" in
   image)
     python3 -c 'import tensorflow as tf; print("TPU VM image TensorFlow", tf.__version__)'
-    python3 -m pip install -r tpu/requirements-tpu.txt
+    # Pin what the image has (TensorFlow, numpy, protobuf ...), so that our requirements cannot
+    # upgrade what its TensorFlow was built against; see tpu/image_constraints.py.
+    freeze="${TMPDIR:-/tmp}/efn-image-freeze.txt"
+    constraints="${TMPDIR:-/tmp}/efn-image-constraints.txt"
+    python3 -m pip list --format=freeze > "$freeze"
+    python3 tpu/image_constraints.py "$freeze" tpu/requirements-tpu.txt > "$constraints"
+    python3 -m pip install -c "$constraints" -r tpu/requirements-tpu.txt
     python3 -m pip install --no-deps .
     ;;
   pypi)
+    # Ubuntu's python3 makes venvs only with the python3-venv package
+    sudo apt-get update -q
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
     python3 -m venv ~/efn-venv
     . ~/efn-venv/bin/activate
     python3 -m pip install -U pip
     python3 -m pip install "tensorflow-tpu==2.20.0" "libtpu<=0.0.31"
     python3 -m pip install -r tpu/requirements-tpu.txt
     python3 -m pip install --no-deps .
+    # The launch commands point TF_PLUGGABLE_DEVICE_LIBRARY_PATH at this file (not the image's
+    # /lib/libtpu.so): the libtpu wheel keeps it at libtpu/libtpu.so.
+    libtpu_so="$(python3 -c 'import libtpu; print(libtpu.get_library_path())')"
+    if [ ! -f "$libtpu_so" ]; then
+      echo "setup_vm.sh: the venv's libtpu package has no $libtpu_so" >&2
+      exit 1
+    fi
+    echo "libtpu of the venv: $libtpu_so"
     ;;
   *)
     echo "usage: bash tpu/setup_vm.sh [image|pypi]" >&2
