@@ -5,7 +5,7 @@
 1. convert Debian's dataset-fashion-mnist IDX files to TFRecords (once),
 2. train the fashion_mnist recipe (a scaled-down B0) from scratch,
 3. evaluate the EMA weights on the 10,000 test images,
-4. export a SavedModel for TF Serving,
+4. export a SavedModel for TF Serving and a LiteRT file for CPUs and phones,
 5. reload the SavedModel alone and classify the test images from their encoded bytes
    (serving_default), printing a few predictions and the accuracy.
 """
@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=None, help="override the recipe's epochs")
     p.add_argument("--resume", action="store_true", help="continue the model in --out/model")
     p.add_argument("--show", type=int, default=8, help="test images to print predictions for")
+    p.add_argument("--max_images", type=int, default=None,
+                   help="a quick try-out: N random training images and the first N test images "
+                        "(converted into their own data folder)")
     args = p.parse_args(argv)
     t_start = time.time()
     _need_data(args.idx_dir)
@@ -48,12 +51,13 @@ def main(argv=None) -> int:
     from efficientnet_tf.data import convert, pipeline
     from efficientnet_tf.train.loop import Trainer
 
-    data_dir = os.path.join(args.out, "data")
+    data_dir = os.path.join(args.out, f"data-first{args.max_images}" if args.max_images else "data")
     model_dir = os.path.join(args.out, "model")
     export_dir = os.path.join(args.out, "export")
     if not os.path.exists(os.path.join(data_dir, "dataset_info.json")):
         print(f"[1/5] Converting {args.idx_dir} -> {data_dir}")
-        convert.convert_idx(args.idx_dir, data_dir, progress=sys.stdout.isatty())
+        convert.convert_idx(args.idx_dir, data_dir, progress=sys.stdout.isatty(),
+                            max_examples=args.max_images)
     else:
         print(f"[1/5] Using the TFRecords in {data_dir}")
 
@@ -90,6 +94,14 @@ def main(argv=None) -> int:
                               resize_method=config.data.resize_method, label_names=names,
                               outputs_are_logits=True)
     print(f"      {loaded.describe()}")
+    from efficientnet_tf.export.tflite import export_tflite
+
+    tflite = export_tflite(loaded.model, os.path.join(export_dir, "tflite",
+                                                      os.path.basename(path) + "_float32.tflite"),
+                           crop_padding=config.data.crop_padding,
+                           resize_method=config.data.resize_method, label_names=names)
+    print(f"      LiteRT float32: {tflite} (python -m efficientnet_tf.predict --model={tflite} "
+          "IMAGE...)")
 
     print(f"[5/5] Classifying the test images with {path} (encoded bytes -> serving_default)")
     serve = tf.saved_model.load(path).signatures["serving_default"]
@@ -119,7 +131,7 @@ def main(argv=None) -> int:
     total_s = time.time() - t_start
     summary = {"test_accuracy_savedmodel": accuracy, "test_top1_trainer": result["top1"],
                "images": total, "train_seconds": round(train_s), "total_seconds": round(total_s),
-               "epochs": config.epochs, "export": path}
+               "epochs": config.epochs, "export": path, "tflite": tflite}
     with open(os.path.join(args.out, "demo_result.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"SavedModel accuracy on {total} test images: {accuracy:.4f}  "

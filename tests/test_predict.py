@@ -13,6 +13,7 @@ from skimage import data
 from efficientnet_tf import EfficientNet
 from efficientnet_tf.data import preprocessing
 from efficientnet_tf.export import Predictor, export_saved_model, export_tflite
+from fmnist import needs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CLASSES = 48, 6
@@ -105,3 +106,35 @@ def test_float16_file_is_smaller_and_agrees(exported, tmp_path):
     for x, y in zip(f32.predict(exported["files"]), f16.predict(exported["files"])):
         np.testing.assert_allclose(sorted(x.probabilities), sorted(y.probabilities), atol=5e-3)
     assert os.path.getsize(path) < 0.6 * os.path.getsize(exported["tflite"])
+
+
+@needs
+def test_predict_cli_on_the_demos_own_exports_with_a_bad_file_among_photos(exported, tmp_path):
+    """The demo (on 256 images, one epoch) exports a SavedModel and a LiteRT file; the predict
+    command classifies skimage's photos with each, in Fashion-MNIST's names, and reports the
+    non-image file by name without stopping the others."""
+    from efficientnet_tf import demo
+
+    out = tmp_path / "demo"
+    assert demo.main([f"--out={out}", "--max_images=256", "--epochs=1", "--show=0"]) == 0
+    result = json.loads((out / "demo_result.json").read_text())
+    names = [c["name"] for c in json.loads((out / "data-first256" / "labels.json").read_text())["classes"]]
+    photos = exported["files"]
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "efficientnet_tf.predict", f"--model={result['tflite']}",
+           "--top_k=3", "--json", photos[0], exported["bad"], *photos[1:]]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]  # one file failed, the others answered
+    rows = json.loads(p.stdout)
+    assert [r["source"] for r in rows] == [photos[0], exported["bad"], *photos[1:]]
+    assert rows[1]["error"] and not rows[1]["classes"]
+    good = [rows[0], *rows[2:]]
+    for r in good:
+        assert r["error"] is None and len(r["classes"]) == 3
+        assert r["names"] == [names[c] for c in r["classes"]]  # Fashion-MNIST's, from the export
+        assert sum(r["probabilities"]) <= 1 + 1e-5 and r["probabilities"][0] > 0
+    # The demo's SavedModel is the same model: same classes, probabilities within float noise.
+    saved = Predictor(result["export"], top_k=3).predict(photos)
+    for a, b in zip(good, saved):
+        assert b.ok and a["classes"] == list(b.classes) and a["names"] == list(b.names)
+        np.testing.assert_allclose(a["probabilities"], b.probabilities, atol=1e-4)
