@@ -22,20 +22,23 @@ def grid_search(base: cfglib.TrainConfig, out: str, seeds=(1,), step: float = 0.
                 target: float = 2.0, tolerance: float = 0.10, max_alpha: float = 2.5,
                 max_beta: float = 1.6, max_gamma: float = 1.6, divisor: int = 1,
                 max_candidates: int | None = None, num_workers: int = 1, worker_index: int = 0,
-                train: bool = True, strategy=None, log=print) -> dict:
+                train: bool = True, strategy=None, log=print,
+                profiler: space.Profiler | None = None) -> dict:
     """Finds the candidates (space.grid_candidates), trains and evaluates this worker's share
     with base's recipe for every seed (runs.train_points; finished runs are skipped), then
     writes OUT/results.json and OUT/grid_search.png from every run finished so far in OUT (any
     worker's) and returns the results. train=False only collects.
 
-    best: the finished candidate (all seeds) with the highest mean top-1.
+    best: the finished candidate (all seeds) with the highest mean top-1. profiler: a
+    space.Profiler to reuse measurements across calls.
     """
     space.partition([], num_workers, worker_index)  # bad worker flags fail before any build
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("Give at least one seed.")
     base_macs, candidates = space.grid_candidates(
-        base, step, target, tolerance, max_alpha, max_beta, max_gamma, divisor)
+        base, step, target, tolerance, max_alpha, max_beta, max_gamma, divisor,
+        profiler=profiler)
     found = len(candidates)
     candidates = pick(candidates, max_candidates)
     log(f"{found} candidates within {tolerance:.0%} of {target}x the base's {base_macs:,} MACs; "
