@@ -83,9 +83,8 @@ def test_partition_has_no_overlap_and_no_gap():
         space.partition(items, 0, 0)
 
 
-@pytest.fixture
-def trained_dirs(monkeypatch):
-    """The model_dirs Trainer was built for, in order."""
+def _count_trainers(mp):
+    """Makes Trainer record the model_dirs it is built for; returns that list."""
     from efficientnet_tf.train import loop
 
     dirs = []
@@ -95,26 +94,41 @@ def trained_dirs(monkeypatch):
             dirs.append(model_dir)
             super().__init__(config, model_dir, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "Trainer", Counting)
+    mp.setattr(loop, "Trainer", Counting)
     return dirs
 
 
-def test_two_workers_split_the_search_and_a_restart_retrains_nothing(base, profiler, tmp_path,
+@pytest.fixture
+def trained_dirs(monkeypatch):
+    return _count_trainers(monkeypatch)
+
+
+SEARCH = dict(seeds=[1], max_candidates=2, log=lambda *_: None, **GRID)
+
+
+@pytest.fixture(scope="module")
+def searched(base, profiler, tmp_path_factory):
+    """Two workers, each its share of a 2-candidate search: (OUT, worker 0's, worker 1's runs)."""
+    out = str(tmp_path_factory.mktemp("search"))
+    with pytest.MonkeyPatch.context() as mp:
+        dirs = _count_trainers(mp)
+        research.grid_search(base, out, num_workers=2, worker_index=1, profiler=profiler, **SEARCH)
+        second = list(dirs)
+        research.grid_search(base, out, num_workers=2, worker_index=0, profiler=profiler, **SEARCH)
+    return out, dirs[len(second):], second
+
+
+def test_two_workers_split_the_search_and_a_restart_retrains_nothing(base, profiler, searched,
                                                                      trained_dirs):
-    out = str(tmp_path)
-    kw = dict(seeds=[1], max_candidates=2, profiler=profiler, log=lambda *_: None, **GRID)
-    research.grid_search(base, out, num_workers=2, worker_index=1, **kw)
-    second = list(trained_dirs)
-    research.grid_search(base, out, num_workers=2, worker_index=0, **kw)
-    first = trained_dirs[len(second):]
+    out, first, second = searched
     assert len(first) == len(second) == 1 and first != second
     names = [c["name"] for c in research.search.pick(
         space.grid_candidates(base, profiler=profiler, **GRID)[1], 2)]
     assert sorted(first + second) == sorted(os.path.join(out, "runs", n, "seed1") for n in names)
     marker = os.path.join(first[0], "result.json")
     mtime = os.stat(marker).st_mtime_ns
-    results = research.grid_search(base, out, **kw)  # one worker, everything: all finished
-    assert len(trained_dirs) == 2 and os.stat(marker).st_mtime_ns == mtime
+    results = research.grid_search(base, out, profiler=profiler, **SEARCH)  # all finished
+    assert trained_dirs == [] and os.stat(marker).st_mtime_ns == mtime
     assert results["complete"] and [c["name"] for c in results["candidates"]] == names
     for c in results["candidates"]:
         assert 0 <= c["top1"]["1"] <= 1 and c["top1_mean"] == c["top1"]["1"]
@@ -122,11 +136,6 @@ def test_two_workers_split_the_search_and_a_restart_retrains_nothing(base, profi
     assert results["best"]["top1_mean"] == max(c["top1_mean"] for c in results["candidates"])
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["best"]["name"] == results["best"]["name"]
-    # Another recipe in the same OUT is refused, not silently reused.
-    os.remove(marker)
-    other = cfglib.apply_overrides(base, ["optimizer.lr=0.5"])
-    with pytest.raises(ValueError, match="holds a run of another recipe"):
-        research.grid_search(other, out, **kw)
 
 
 def test_curve_points_share_the_base_and_follow_their_dimension(base, profiler, tmp_path):
@@ -206,25 +215,34 @@ def test_other_heads_need_grad_cam(cam_model):
     np.testing.assert_allclose(g, research.grad_cam(head, images), atol=1e-6)
 
 
-def test_cli_grid_search_then_cam(tmp_path, capsys):
-    out = tmp_path / "out"
+def test_cli_grid_search_then_cam(base, searched, tmp_path, capsys, trained_dirs):
+    """The command line on the search above: the same recipe through flags finds its runs."""
+    out = searched[0]
+    os.remove(os.path.join(out, "results.json"))
     argv = ["research", "grid_search", f"--out={out}", "--config=fashion_mnist",
-            "--use_synthetic_data", "--train_steps=1", "--max_candidates=1", "--step=0.5",
+            "--use_synthetic_data", "--train_steps=1", "--max_candidates=2", "--step=0.5",
             "--tolerance=0.3", "--max_alpha=2", "--max_beta=1.5", "--max_gamma=1.5",
-            "--seeds=3"] + [f"--override={o}" for o in TINY]
+            "--seeds=1"] + [f"--override={o}" for o in TINY]
     assert cli_main(argv) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert results["complete"] and len(results["candidates"]) == 1
-    assert results["best"]["top1"]["3"] is not None
-    assert (out / "grid_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    run = out / "runs" / results["best"]["name"] / "seed3"
+    assert trained_dirs == []
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    assert results["complete"] and len(results["candidates"]) == 2
+    with open(os.path.join(out, "grid_search.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    runs = [os.path.join(out, "runs", c["name"], "seed1") for c in results["candidates"]]
     image = tmp_path / "x.png"
     image.write_bytes(tf.io.encode_png(np.full((20, 20, 3), 128, np.uint8)).numpy())
-    assert cli_main(["research", "cam", f"--out={out}", f"--model_dirs={run},{run}",
+    assert cli_main(["research", "cam", f"--out={tmp_path}", f"--model_dirs={','.join(runs)}",
                      f"--images={image},{image}"]) == 0
-    assert (out / "cam.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "cam.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert cli_main(argv + ["--num_workers=2", "--worker_index=2"]) == 2
     assert "worker_index must be in [0, num_workers)" in capsys.readouterr().err
     assert cli_main(["research", "search", f"--out={out}"]) == 2
     assert "give one command" in capsys.readouterr().err
+    # Another recipe in the same OUT is refused, not silently reused.
+    os.remove(os.path.join(runs[0], "result.json"))
+    assert cli_main(argv + ["--override=optimizer.lr=0.5"]) == 2
+    assert "holds a run of another recipe" in capsys.readouterr().err
+    assert trained_dirs == []

@@ -65,7 +65,8 @@ def plot_curves(curves: dict, path: str) -> str:
     ax.set_ylabel("top-1 (mean over seeds)")
     ax.set_title("Scaling one dimension vs compound scaling")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
