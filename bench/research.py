@@ -15,7 +15,8 @@ on the 10,000 test images (EMA weights).
    gamma at phi 1 and 2.
 Sized for about 2 hours on a 2-core CPU (estimated from the demo's 600 img/s at 28 px; not
 timed). The data come from Debian's dataset-fashion-mnist ($FASHION_MNIST_DIR overrides it).
-Everything resumes: run the same command again after an interruption.
+Both share OUT/runs (a curve point that is also a candidate is trained once). Everything
+resumes: run the same command again after an interruption.
 """
 import argparse
 import json
@@ -105,16 +106,15 @@ def main():
         grid = dict(tolerance=0.3, max_alpha=2.0, max_beta=1.5, max_gamma=1.5)
     base = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), overrides)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    results = research.grid_search(base, os.path.join(out, "grid"), seeds=seeds, step=step,
+    results = research.grid_search(base, out, seeds=seeds, step=step,
                                    max_candidates=cands, log=log, **grid)
     best = results["best"]
-    found = research.scaling_curves(base, os.path.join(out, "curves"), seeds=seeds,
+    found = research.scaling_curves(base, out, seeds=seeds,
                                     alpha=best["alpha"], beta=best["beta"], gamma=best["gamma"],
                                     log=log, **curves)
     summary = {**summarize(results, found), "seeds": seeds, "epochs_per_point": args.epochs,
                "quick": args.quick, "minutes": round((time.time() - t0) / 60, 1),
-               "plots": [os.path.join(out, "grid", "grid_search.png"),
-                         os.path.join(out, "curves", "curves.png")]}
+               "plots": [os.path.join(out, "grid_search.png"), os.path.join(out, "curves.png")]}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary, indent=2))
