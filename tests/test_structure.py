@@ -14,13 +14,13 @@ LAYERS = {
     "data": {"data"},
     "model": {"layers", "model", "weights", "profile", "imagenet", "ema", "factory"},
     "products": {"export"},
-    "orchestration": {"train"},
+    "orchestration": {"train", "research"},
     "entry points": {"demo", "evaluate", "predict"},
 }
 ORDER = list(LAYERS)
 PURE = {"constants", "spec", "scaling", "config", "fileio"}  # no TensorFlow / Keras at import time
 FLAG_FILES = {"train/main.py", "export/__main__.py", "data/convert.py", "train/__main__.py",
-              "weights/__main__.py", "evaluate.py", "predict.py"}
+              "weights/__main__.py", "evaluate.py", "predict.py", "research/__main__.py"}
 
 
 def _layer(top: str) -> str:
