@@ -38,7 +38,7 @@ def image_size(base_size: int, gamma: float, divisor: int = 1) -> int:
 
 def base_scaling(base: cfglib.TrainConfig) -> tuple[float, float, int]:
     """(width, depth, image size) of the base config; refuses bases the scaling cannot vary."""
-    variant = base.model.variant()
+    variant = base.model.architecture()  # also a custom-width Lite: not B0's blocks
     if variant is not None and (variant.fixed_stem_head or variant.blocks != spec.B0_BLOCKS):
         raise ValueError(f"Base {variant.full_name}: scaling points are built from B0's block "
                          "table with every stage scaled; use a B-series variant or a "
