@@ -516,14 +516,18 @@ class Recover:
         self.log(f"{what} failed (exit {rc}, {self.errors}/{MAX_GCLOUD_ERRORS} in a row): "
                  f"{err.strip()[-300:]}")
 
-    def vm_state(self) -> str | None:
-        rc, out, err = self._call(self.plan.describe, capture=True)
+    def _state(self, cmd, what: str) -> str | None:
+        """The state a describe command prints, NOT_FOUND, or None when gcloud failed."""
+        rc, out, err = self._call(cmd, capture=True)
         if rc == 0:
             return out.strip() or "UNKNOWN"
         if "NOT_FOUND" in err or "not found" in err.lower():
             return "NOT_FOUND"
-        self._error("describe", rc, err)
+        self._error(what, rc, err)
         return None
+
+    def vm_state(self) -> str | None:
+        return self._state(self.plan.describe, "describe")
 
     def job_state(self) -> str | None:
         rc, out, err = self._call(self.plan.status, capture=True)
@@ -534,13 +538,7 @@ class Recover:
         return None
 
     def queued_state(self) -> str | None:
-        rc, out, err = self._call(self.plan.queued_describe, capture=True)
-        if rc == 0:
-            return out.strip() or "UNKNOWN"
-        if "NOT_FOUND" in err or "not found" in err.lower():
-            return "NOT_FOUND"
-        self._error("queued-resources describe", rc, err)
-        return None
+        return self._state(self.plan.queued_describe, "queued-resources describe")
 
     def _queue_alive(self) -> bool | None:
         """For a queued resource whose node is not READY: True while the request can still be
