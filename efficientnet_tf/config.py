@@ -56,9 +56,9 @@ class ModelConfig:
     Give one of: `model_name` alone (a registered variant, e.g. efficientnet-b0, whose width and
     depth come from the registry); `width_coefficient` + `depth_coefficient` (custom; model_name is
     then the model's name and, when it names a registered variant, gives that variant's blocks,
-    activation and stem/head rule: a custom-width Lite stays Lite); or `phi` (compound scaling, d = 1.2^phi, w = 1.1^phi; negative
-    phi scales B0 down). The input resolution is `data.image_size`, the classes
-    `data.num_classes`. dropout_rate None: the variant's.
+    activation and stem/head rule: a custom-width Lite stays Lite); or `phi` (compound scaling,
+    d = 1.2^phi, w = 1.1^phi; negative phi scales B0 down). The input resolution is
+    `data.image_size`, the classes `data.num_classes`. dropout_rate None: the variant's.
     """
 
     model_name: str = "efficientnet-b0"

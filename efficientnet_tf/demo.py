@@ -78,7 +78,8 @@ def main(argv=None) -> int:
 
     plot_history(model_dir)
 
-    print(f"[3/5] Evaluating on the {min(args.max_images, 10000) if args.max_images else '10,000'} test images")
+    test_images = f"{min(args.max_images, 10000):,}" if args.max_images else "10,000"
+    print(f"[3/5] Evaluating on the {test_images} test images")
     result = trainer.evaluate()
     print(f"      top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
           f"({'EMA' if result['ema'] else 'raw'} weights)")

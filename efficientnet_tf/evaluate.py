@@ -140,10 +140,9 @@ def _define_flags():
     f.DEFINE_integer("batch_size", None, "Global batch size (default: the recipe's 1024).")
     f.DEFINE_bool("use_ema", True, "EMA weights where the source has them.")
     f.DEFINE_string("output", None, "Also write the result as JSON here (local or gs://).")
-    f.DEFINE_string("strategy", "default", "default | mirrored | one_device | tpu | "
-                    "multi_worker_mirrored.")
-    f.DEFINE_string("tpu", None, "TPU name, or 'local' on a TPU VM. Implies --strategy=tpu.")
-    f.DEFINE_string("tpu_zone", None, "GCE zone of the TPU.")
+    from efficientnet_tf.train.main import define_strategy_flags
+
+    define_strategy_flags()
     f.DEFINE_multi_string("override", [], "Config overrides, e.g. data.crop_padding=0.")
 
 
@@ -161,7 +160,7 @@ def _main(argv):
             raise ValueError("--weights needs --model_name (e.g. efficientnet-b0).")
         if FLAGS.weights and not FLAGS.data_dir:
             raise ValueError("--data_dir is required (validation TFRecords).")
-        strategy = make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone)
+        strategy = make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone, FLAGS.gcp_project)
         if FLAGS.weights:
             result = evaluate_weights(FLAGS.weights, FLAGS.model_name, FLAGS.data_dir,
                                       image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,

@@ -15,6 +15,8 @@ import sys
 
 from absl import flags
 
+from efficientnet_tf.train.main import define_strategy_flags
+
 COMMANDS = ("grid_search", "scaling_curves", "cam")
 
 
@@ -39,12 +41,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("worker_index", 0, "This machine's index, 0 .. num_workers - 1.", **f)
     flags.DEFINE_bool("collect_only", False, "Train nothing: write the results of the runs "
                       "finished so far (e.g. after all workers are done).", **f)
-    flags.DEFINE_enum("strategy", "default", ["tpu", "multi_worker_mirrored", "mirrored",
-                                              "one_device", "default"], "Distribution strategy.",
-                      **f)
-    flags.DEFINE_string("tpu", None, "TPU name, or 'local' on a TPU VM.", **f)
-    flags.DEFINE_string("tpu_zone", None, "GCE zone of the TPU.", **f)
-    flags.DEFINE_string("gcp_project", None, "GCP project of the TPU.", **f)
+    define_strategy_flags(fv)
     # grid_search
     flags.DEFINE_float("step", 0.05, "grid_search: grid step of alpha, beta, gamma.", **f)
     flags.DEFINE_float("target", 2.0, "grid_search: MACs target, times the base's.", **f)

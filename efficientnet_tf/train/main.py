@@ -14,14 +14,22 @@ from efficientnet_tf import config as cfglib  # light: no TensorFlow until the j
 FLAGS = flags.FLAGS
 
 
+def define_strategy_flags(fv: flags.FlagValues = FLAGS) -> None:
+    """--strategy, --tpu, --tpu_zone, --gcp_project (for make_strategy): the training job's, also
+    defined by the evaluator and the research commands."""
+    f = dict(flag_values=fv)
+    flags.DEFINE_string("tpu", None, "TPU name, or 'local' on a TPU VM. Implies --strategy=tpu.",
+                        **f)
+    flags.DEFINE_string("tpu_zone", None, "GCE zone of the TPU (with --tpu).", **f)
+    flags.DEFINE_string("gcp_project", None, "GCP project of the TPU (with --tpu).", **f)
+    flags.DEFINE_enum("strategy", "default",
+                      ["tpu", "multi_worker_mirrored", "mirrored", "one_device", "default"],
+                      "Distribution strategy.", **f)
+
+
 def define_flags():
     f = flags
-    f.DEFINE_string("tpu", None, "TPU name, or 'local' on a TPU VM. Implies --strategy=tpu.")
-    f.DEFINE_string("tpu_zone", None, "GCE zone of the TPU (with --tpu).")
-    f.DEFINE_string("gcp_project", None, "GCP project of the TPU (with --tpu).")
-    f.DEFINE_enum("strategy", "default",
-                  ["tpu", "multi_worker_mirrored", "mirrored", "one_device", "default"],
-                  "Distribution strategy.")
+    define_strategy_flags()
     f.DEFINE_string("model_name", None, "A registered variant (efficientnet-b0, ...): the ImageNet "
                     "recipe at that variant. With --config, only the model it builds.")
     f.DEFINE_string("config", None, "A YAML config (path, or a name in configs/). Default: --model_name.")
