@@ -12,6 +12,8 @@ import os
 import re
 import tempfile
 
+from efficientnet_tf.config import FREEZE_SPEC
+
 HEAD = "predictions"
 
 
@@ -31,7 +33,7 @@ def num_stages(model) -> int:
 def parse_freeze(spec: str | None) -> str:
     """'none' | 'backbone' | 'blockN' (N >= 1), or ValueError saying what is accepted."""
     spec = (spec or "none").strip().lower()
-    if spec in ("none", "backbone") or re.fullmatch(r"block[1-9]\d*", spec):
+    if re.fullmatch(FREEZE_SPEC, spec):
         return spec
     raise ValueError(f"finetune freeze spec {spec!r}: use none, backbone, or blockN (the stem "
                      "and stages 1..N frozen, e.g. block5).")

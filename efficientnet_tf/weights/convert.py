@@ -49,12 +49,12 @@ def build_for(weights, variant: str, include_top: bool = True, use_ema: bool = T
 
 
 def _normalization_for(weights, normalization):
+    """A named set's normalization for "auto" (the model is built with weights=None, so it
+    cannot see the set); otherwise the constructor resolves "auto" to the variant's."""
     from efficientnet_tf.weights.published import get_weight_set
 
     ws = get_weight_set(weights)
-    if normalization == "auto":
-        return ws.normalization if ws else "imagenet"
-    return normalization
+    return ws.normalization if normalization == "auto" and ws else normalization
 
 
 def convert_weights(weights, output: str, variant: str, include_top: bool = True,
