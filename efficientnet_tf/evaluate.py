@@ -12,7 +12,6 @@ normalization (AdvProp: x / 127.5 - 1). Metrics and batching are the training jo
 from __future__ import annotations
 
 import json
-import posixpath
 import sys
 
 import numpy as np
@@ -118,14 +117,6 @@ def evaluate_run(model_dir: str, data_dir: str | None = None, *, use_ema: bool =
             "step": loaded.step, "ema": loaded.ema, "image_size": config.data.image_size}
 
 
-def _write_json(path: str, result: dict) -> None:
-    if posixpath.dirname(path):
-        tf.io.gfile.makedirs(posixpath.dirname(path))
-    with tf.io.gfile.GFile(path + ".part", "w") as f:
-        f.write(json.dumps(result, indent=2) + "\n")
-    tf.io.gfile.rename(path + ".part", path, overwrite=True)
-
-
 def _define_flags():
     from absl import flags
 
@@ -177,7 +168,9 @@ def _main(argv):
     print(f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  over "
           f"{result['examples']} images{skipped}  ({json.dumps(result)})")
     if FLAGS.output:
-        _write_json(FLAGS.output, result)
+        from efficientnet_tf import fileio
+
+        fileio.write_file(FLAGS.output, json.dumps(result, indent=2) + "\n")
 
 
 def entry():

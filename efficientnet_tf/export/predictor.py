@@ -70,6 +70,7 @@ class Predictor:
                 local = os.path.join(_tmpdir(), os.path.basename(path))
                 tf.io.gfile.copy(path, local, overwrite=True)
             self._interp, self.runtime = _interpreter(local, num_threads)
+            self._allocated = False
             inp = self._interp.get_input_details()[0]
             self.image_size = int(inp["shape"][1])
             self.num_classes = int(self._interp.get_output_details()[0]["shape"][-1])
@@ -130,7 +131,7 @@ class Predictor:
         if tuple(inp["shape"]) != images.shape:
             self._interp.resize_tensor_input(inp["index"], list(images.shape))
             self._interp.allocate_tensors()
-        elif not getattr(self, "_allocated", False):
+        elif not self._allocated:
             self._interp.allocate_tensors()
         self._allocated = True
         self._interp.set_tensor(inp["index"], images)
