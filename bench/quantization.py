@@ -61,7 +61,7 @@ def measure(model_dir, calibration_images, limit, workdir):
                                         calibration_images, split="train",
                                         crop_padding=d.crop_padding,
                                         resize_method=d.resize_method, data_config=d)
-    cached = [batch for batch in calib()]  # the same images for every conversion
+    cached = list(calib())  # the same images for every conversion
 
     def calibration():
         return iter(cached)

@@ -45,10 +45,11 @@ def slow_saves(model_dir, seconds):
     record = tf.train.CheckpointManager._record_state
 
     def slow_record(manager):
-        if manager.latest_checkpoint and not getattr(manager, "_slowed", None) == manager.latest_checkpoint:
-            manager._slowed = manager.latest_checkpoint  # once per save (it records twice)
+        latest = manager.latest_checkpoint
+        if latest and getattr(manager, "_slowed", None) != latest:
+            manager._slowed = latest  # once per save (it records twice)
             with open(os.path.join(model_dir, "saving"), "a") as f:
-                f.write(manager.latest_checkpoint + "\n")
+                f.write(latest + "\n")
             time.sleep(seconds)
         record(manager)
 
