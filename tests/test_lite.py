@@ -74,3 +74,16 @@ def test_a_custom_width_lite_config_keeps_the_lite_architecture():
     assert lite.get_layer("stem_conv").filters == 32 and b0.get_layer("stem_conv").filters == 16
     assert lite.get_layer("top_conv").filters == 1280 and b0.get_layer("top_conv").filters == 640
     assert W.model_normalization(lite) == "lite" and W.model_normalization(b0) == "imagenet"
+
+
+def test_converting_a_lite_checkpoint_path_keeps_lite_normalization(tmp_path):
+    """A TF1 checkpoint stores no normalization: converted from a path (no named set), a Lite
+    model keeps its own "lite" one, not ImageNet's."""
+    from efficientnet_tf.weights.convert import convert_weights
+
+    prefix, _, _ = write_checkpoint(tmp_path, "lite0")
+    out = str(tmp_path / "lite0.weights.h5")
+    report = convert_weights(prefix, out, variant="lite0", include_top=False)
+    assert report.normalization == "lite"
+    model = en.EfficientNetLite0(include_top=False, weights=out, input_shape=(SIZE, SIZE, 3))
+    assert W.model_normalization(model) == "lite"
