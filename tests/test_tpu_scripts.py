@@ -36,11 +36,14 @@ C = _load_commands()
 
 
 def defined_flags() -> set[str]:
-    """Flag names from the DEFINE_* calls inside efficientnet_tf/train/main.py:define_flags()."""
+    """Flag names from the DEFINE_* calls inside efficientnet_tf/train/main.py's define_flags()
+    and define_strategy_flags() (which define_flags calls)."""
     tree = ast.parse(MAIN.read_text())
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "define_flags")
+    fns = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+           and n.name in ("define_flags", "define_strategy_flags")]
+    assert len(fns) == 2
     names = set()
-    for node in ast.walk(fn):
+    for node in (n for fn in fns for n in ast.walk(fn)):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr.startswith("DEFINE_") and node.args
                 and isinstance(node.args[0], ast.Constant)):
