@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from efficientnet_tf import config as cfglib
 from efficientnet_tf import research
-from efficientnet_tf.factory import build_model, build_model_from_config
+from efficientnet_tf.factory import build_model
 from efficientnet_tf.profile import model_profile
 from efficientnet_tf.research import space
 from efficientnet_tf.research.__main__ import main as cli_main
@@ -246,3 +246,52 @@ def test_cli_grid_search_then_cam(base, searched, tmp_path, capsys, trained_dirs
     assert cli_main(argv + ["--override=optimizer.lr=0.5"]) == 2
     assert "holds a run of another recipe" in capsys.readouterr().err
     assert trained_dirs == []
+
+
+def test_recalibrate_bn_gives_the_statistics_of_the_current_weights():
+    inputs = keras.Input((4, 4, 3))
+    features = keras.layers.Conv2D(2, 1, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.99, name="bn")(features)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign([5.0, -5.0])
+    bn.moving_variance.assign([9.0, 0.01])
+    images = np.random.default_rng(0).normal(1.0, 2.0, (8, 4, 4, 3)).astype("float32")
+    before = [w.numpy() for w in model.trainable_weights]
+    ds = tf.data.Dataset.from_tensors((images, np.zeros(8))).repeat()
+    assert research.recalibrate_bn(model, ds, 40) == 40
+    # By hand: the batch moments of the BN input (the conv's output), the same batch each time.
+    f = keras.Model(inputs, features)(images).numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), f.mean(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), f.var(axis=(0, 1, 2)), rtol=1e-4)
+    assert bn.momentum == 0.99
+    for w, b in zip(model.trainable_weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+    # Batches of different images: the average of their batch moments; a dataset that ends
+    # first says so in the count and still leaves an average.
+    other = images[::-1] * 3.0 + 1.0
+    two = tf.data.Dataset.from_tensor_slices(np.stack([images, other])).take(2)
+    assert research.recalibrate_bn(model, two, 10) == 2
+    g = keras.Model(inputs, features)(other).numpy()
+    m = 1 - 1 / 10  # the second batch weighs 1, the first m, normalized
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(),
+        (m * f.mean(axis=(0, 1, 2)) + g.mean(axis=(0, 1, 2))) / (1 + m), rtol=1e-4)
+
+
+def test_a_finished_run_is_evaluated_again_with_bn_recalibration_without_training(base,
+                                                                                tmp_path):
+    md = research.runs.run_dir(str(tmp_path), "p", 1)
+    plain = research.train_point(base, md, log=lambda m: None)
+    assert "running_stats" not in plain
+    history = open(os.path.join(md, "history.jsonl")).read()
+    again = research.train_point(base, md, log=lambda m: None, bn_batches=3)
+    assert again["bn_batches"] == 3 and again["steps"] == plain["steps"] == 1
+    assert again["running_stats"] == {k: plain[k] for k in ("top1", "top5", "loss")}
+    assert again["seconds"] == plain["seconds"]
+    assert open(os.path.join(md, "history.jsonl")).read() == history  # nothing trained
+    assert json.load(open(os.path.join(md, "result.json"))) == again
+    assert research.train_point(base, md, log=lambda m: None, bn_batches=3) == again
+    row, = research.collect([{"name": "p"}], str(tmp_path), [1])
+    assert row["top1"] == {"1": again["top1"]}
+    assert row["top1_running_stats"] == {"1": plain["top1"]}

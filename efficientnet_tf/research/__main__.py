@@ -39,6 +39,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "gamma / d) * d (1: nearest integer, 8: as compound_scaling).", **f)
     flags.DEFINE_integer("num_workers", 1, "Machines sharing the points.", **f)
     flags.DEFINE_integer("worker_index", 0, "This machine's index, 0 .. num_workers - 1.", **f)
+    flags.DEFINE_integer("bn_batches", 0, "Before evaluating a run, re-estimate its BN "
+                         "statistics on this many training batches (0: off). For runs of an "
+                         "epoch or so, whose moving statistics lag the weights.", **f)
     flags.DEFINE_bool("collect_only", False, "Train nothing: write the results of the runs "
                       "finished so far (e.g. after all workers are done).", **f)
     define_strategy_flags(fv)
@@ -107,7 +110,7 @@ def run(command: str, fv) -> None:
 
     common = dict(seeds=[int(s) for s in fv.seeds], divisor=fv.resolution_divisor,
                   num_workers=fv.num_workers, worker_index=fv.worker_index,
-                  train=not fv.collect_only)
+                  train=not fv.collect_only, bn_batches=fv.bn_batches)
     if command == "grid_search":
         base = base_config(fv)
         research.grid_search(base, fv.out, step=fv.step, target=fv.target,

@@ -41,10 +41,11 @@ def scaling_curves(base: cfglib.TrainConfig, out: str, width=(1.5, 2.0, 3.0),
                    depth=(1.5, 2.0, 3.0), resolution=(1.25, 1.5, 2.0), phis=(1.0, 2.0, 3.0),
                    alpha: float = 1.2, beta: float = 1.1, gamma: float = 1.15, seeds=(1,),
                    divisor: int = 1, num_workers: int = 1, worker_index: int = 0,
-                   train: bool = True, strategy=None, log=print) -> dict:
+                   train: bool = True, strategy=None, log=print, bn_batches: int = 0) -> dict:
     """Trains every curve point (this worker's share of them, every seed; finished runs are
     skipped), then writes OUT/curves.json and OUT/curves.png from the runs finished so far and
-    returns the curves. Points are measured on the built models (space.describe_point)."""
+    returns the curves. Points are measured on the built models (space.describe_point).
+    bn_batches: as in grid_search."""
     space.partition([], num_workers, worker_index)
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -58,7 +59,7 @@ def scaling_curves(base: cfglib.TrainConfig, out: str, width=(1.5, 2.0, 3.0),
         points.append({"kind": kind, "multiplier": mult, **rec})
     if train:
         runs.train_points(base, points, out, seeds, divisor, num_workers, worker_index,
-                          strategy, log)
+                          strategy, log, bn_batches)
     rows = runs.collect(points, out, seeds)
     curves = {"base_macs": base_macs, "alpha": alpha, "beta": beta, "gamma": gamma,
               "resolution_rounding": f"round(image_size * gamma / {divisor}) * {divisor}",

@@ -23,14 +23,15 @@ def grid_search(base: cfglib.TrainConfig, out: str, seeds=(1,), step: float = 0.
                 max_beta: float = 1.6, max_gamma: float = 1.6, divisor: int = 1,
                 max_candidates: int | None = None, num_workers: int = 1, worker_index: int = 0,
                 train: bool = True, strategy=None, log=print,
-                profiler: space.Profiler | None = None) -> dict:
+                profiler: space.Profiler | None = None, bn_batches: int = 0) -> dict:
     """Finds the candidates (space.grid_candidates), trains and evaluates this worker's share
     with base's recipe for every seed (runs.train_points; finished runs are skipped), then
     writes OUT/results.json and OUT/grid_search.png from every run finished so far in OUT (any
     worker's) and returns the results. train=False only collects.
 
     best: the finished candidate (all seeds) with the highest mean top-1. profiler: a
-    space.Profiler to reuse measurements across calls.
+    space.Profiler to reuse measurements across calls. bn_batches: re-estimate BN statistics
+    on that many training batches before each evaluation (runs.train_point; for short runs).
     """
     space.partition([], num_workers, worker_index)  # bad worker flags fail before any build
     seeds = [int(s) for s in seeds]
@@ -46,7 +47,7 @@ def grid_search(base: cfglib.TrainConfig, out: str, seeds=(1,), step: float = 0.
         f" on this worker ({worker_index} of {num_workers}).")
     if train:
         runs.train_points(base, candidates, out, seeds, divisor, num_workers, worker_index,
-                          strategy, log)
+                          strategy, log, bn_batches)
     rows = runs.collect(candidates, out, seeds)
     finished = [r for r in rows if r["finished"]]
     best = max(finished, key=lambda r: r["top1_mean"]) if finished else None
