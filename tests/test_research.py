@@ -234,7 +234,7 @@ def test_cli_grid_search_then_cam(base, searched, tmp_path, capsys, trained_dirs
     image = tmp_path / "x.png"
     image.write_bytes(tf.io.encode_png(np.full((20, 20, 3), 128, np.uint8)).numpy())
     assert cli_main(["research", "cam", f"--out={tmp_path}", f"--model_dirs={','.join(runs)}",
-                     f"--images={image},{image}"]) == 0
+                     f"--images={image},{image}", "--bn_batches=2"]) == 0
     assert (tmp_path / "cam.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert cli_main(argv + ["--num_workers=2", "--worker_index=2"]) == 2

@@ -39,9 +39,10 @@ def define_flags(fv: flags.FlagValues) -> None:
                          "gamma / d) * d (1: nearest integer, 8: as compound_scaling).", **f)
     flags.DEFINE_integer("num_workers", 1, "Machines sharing the points.", **f)
     flags.DEFINE_integer("worker_index", 0, "This machine's index, 0 .. num_workers - 1.", **f)
-    flags.DEFINE_integer("bn_batches", 0, "Before evaluating a run, re-estimate its BN "
-                         "statistics on this many training batches (0: off). For runs of an "
-                         "epoch or so, whose moving statistics lag the weights.", **f)
+    flags.DEFINE_integer("bn_batches", 0, "Before evaluating a run (cam: before mapping), "
+                         "re-estimate its BN statistics on this many training batches (0: "
+                         "off). For runs of an epoch or so, whose moving statistics lag the "
+                         "weights.", **f)
     flags.DEFINE_bool("collect_only", False, "Train nothing: write the results of the runs "
                       "finished so far (e.g. after all workers are done).", **f)
     define_strategy_flags(fv)
@@ -139,7 +140,8 @@ def run(command: str, fv) -> None:
     else:
         from efficientnet_tf.research.cam_figure import write_cam_figure
 
-        path = write_cam_figure(fv.model_dirs, fv.images, fv.out, fv.class_index, fv.method)
+        path = write_cam_figure(fv.model_dirs, fv.images, fv.out, fv.class_index, fv.method,
+                                fv.bn_batches)
         print(f"Wrote {path}")
 
 

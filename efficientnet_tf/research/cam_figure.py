@@ -19,10 +19,14 @@ def read_image(path: str, size: int) -> np.ndarray:
     return tf.clip_by_value(image, 0.0, 255.0).numpy()
 
 
-def write_cam_figure(model_dirs, images, out: str, class_index=None, method: str = "auto") -> str:
+def write_cam_figure(model_dirs, images, out: str, class_index=None, method: str = "auto",
+                     bn_batches: int = 0) -> str:
     """Loads each training model_dir (latest checkpoint, EMA weights), maps every image at that
-    model's resolution, and writes OUT/cam.png; returns its path."""
+    model's resolution, and writes OUT/cam.png; returns its path. bn_batches > 0: each model's
+    BN statistics are first re-estimated on that many batches of its training data (bn)."""
+    from efficientnet_tf.data import pipeline
     from efficientnet_tf.export.checkpoint import load_model_for_export, read_label_names
+    from efficientnet_tf.research import bn
 
     if not model_dirs or not images:
         raise ValueError("cam: give --model_dirs (training model_dirs) and --images (files).")
@@ -33,6 +37,10 @@ def write_cam_figure(model_dirs, images, out: str, class_index=None, method: str
     for model_dir in model_dirs:
         loaded = load_model_for_export(model_dir)
         size = loaded.config.data.image_size
+        if bn_batches:
+            data = pipeline.build_dataset(loaded.config.data, "train",
+                                          loaded.config.train_batch_size)
+            bn.recalibrate_bn(loaded.model, data, bn_batches)
         batch = np.stack([read_image(p, size) for p in images])
         maps = cam.activation_map(loaded.model, batch, class_index, method)
         logits = loaded.model(batch, training=False).numpy()
