@@ -180,7 +180,7 @@ def learning_rate_schedule(base_lr_per_256: float, global_batch_size: int,
 
 
 # ----------------------------------------------------------------------------- losses
-def _bn_layers(model) -> list:
+def bn_layers(model) -> list:
     layers = model._flatten_layers() if hasattr(model, "_flatten_layers") else [model]
     return [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
 
@@ -197,7 +197,7 @@ def l2_variables(model) -> list:
     """Trainable variables the L2 term covers: all but those of BatchNormalization layers
     (found by layer type, nested layers included; a variable name with a 'bn' /
     'batch_normalization' component is also excluded, as a fallback for custom BN layers)."""
-    bn_ids = {id(v) for layer in _bn_layers(model) for v in layer.weights}
+    bn_ids = {id(v) for layer in bn_layers(model) for v in layer.weights}
     return [v for v in model.trainable_variables
             if id(v) not in bn_ids and not _is_bn_name(getattr(v, "path", None) or v.name)]
 
