@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from efficientnet_tf import constants
 from efficientnet_tf.config import DataConfig  # noqa: F401  (the pipeline's config; re-exported)
-from efficientnet_tf.data import bad_records, preprocessing, tfrecord
+from efficientnet_tf.data import bad_records, preprocessing, seeding, tfrecord
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_DTYPES = {name: tf.as_dtype(name) for name in constants.IMAGE_DTYPES}
@@ -171,7 +171,15 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
     Undecodable images (bad_records.looks_decodable) are dropped where the records are parsed
     (before cache, shuffle and batching, so batches stay full); `counts` (an int64 tf.Variable
     [2] on the CPU), when given, adds (records read, records dropped) there.
+    With config.seed the stream depends on that seed alone: the ops are made under TensorFlow's
+    global seed set to it (data.seeding), whatever global seed the process holds.
     """
+    with seeding.tf_global_seed(config.seed):
+        return _build_dataset(config, split, batch_size, input_context, repeat, drop_remainder,
+                              counts)
+
+
+def _build_dataset(config, split, batch_size, input_context, repeat, drop_remainder, counts):
     is_train = _split(split) == "train"
     repeat = is_train if repeat is None else repeat
     if drop_remainder is None:

@@ -3,7 +3,8 @@
 keras.utils.set_random_seed seeds Python's `random`, NumPy's global generator, TensorFlow's
 global seed and Keras' global SeedGenerator, all process-wide. The trainer needs them only
 while it builds the model (weight initializers and the layers' dropout RNG states are drawn
-then), so seed_scope restores all four afterwards.
+then), so seed_scope restores all four afterwards. (The input pipeline scopes its own seed:
+data.seeding.)
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import random
 
 import keras
 import numpy as np
+
+from efficientnet_tf.data.seeding import tf_global_seed
 
 
 @contextlib.contextmanager
@@ -23,23 +26,16 @@ def seed_scope(seed: int | None):
     from keras.src.backend.common import global_state
     from keras.src.random import seed_generator
     from keras.src.utils import rng_utils
-    from tensorflow.python.eager import context
 
     keys = (rng_utils.GLOBAL_RANDOM_SEED, seed_generator.GLOBAL_SEED_GENERATOR)
     keras_state = {k: global_state.get_global_attribute(k) for k in keys}
     py_state, np_state = random.getstate(), np.random.get_state()
-    ctx = context.context()
-    # TensorFlow has no public getter for its eager global seed: read the context's fields.
-    tf_seed, tf_rng = ctx._seed, getattr(ctx, "_rng", None)
-    tf_rng = tf_rng.getstate() if tf_rng is not None else None
-    keras.utils.set_random_seed(seed)
-    try:
-        yield
-    finally:
-        for k, v in keras_state.items():
-            global_state.set_global_attribute(k, v)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        ctx._set_global_seed(tf_seed)  # also drops kernels cached with the trainer's seed
-        if tf_rng is not None:
-            ctx._rng.setstate(tf_rng)
+    with tf_global_seed(seed):
+        keras.utils.set_random_seed(seed)
+        try:
+            yield
+        finally:
+            for k, v in keras_state.items():
+                global_state.set_global_attribute(k, v)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
