@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf.data import convert, preprocessing
+from efficientnet_tf.data import convert, preprocessing, tfrecord
 from efficientnet_tf.data.pipeline import DataConfig, build_dataset, count_examples
 
 from fmnist import FMNIST, needs_fashion_mnist, require
@@ -87,6 +87,39 @@ def test_deterministic_seeded_train_is_reproducible(fm_dir):
         np.testing.assert_array_equal(xa, xb)
     c = [y.numpy() for _, y in build_dataset(_config(fm_dir, deterministic=True, seed=8), "train", 8).take(3)]
     assert not all(np.array_equal(ya, yc) for (_, ya), yc in zip(a, c))
+
+
+def _stream(config, batches):
+    return [(x.numpy(), y.numpy()) for x, y in build_dataset(config, "train", 8).take(batches)]
+
+
+def test_a_seeded_training_stream_depends_on_its_seed_alone(fm_dir):
+    """A seeded tf.data shuffle takes (TensorFlow's global seed, its own seed): when the
+    trainer stopped leaving the model's seed in the global seed, the demo's training stream
+    changed. build_dataset now sets the global seed to data.seed while it builds, and puts the
+    previous one back."""
+    from tensorflow.python.eager import context
+
+    config = _config(fm_dir, deterministic=True, seed=7)
+    alone = _stream(config, 24)  # two epochs of 96 images
+    tf.random.set_seed(123)  # a process that holds another global seed
+    try:
+        other = _stream(config, 24)
+        assert context.context()._seed == 123  # left as it was
+    finally:
+        tf.random.set_seed(None)
+    assert context.context()._seed is None
+    for (xa, ya), (xb, yb) in zip(alone, other):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    # Each epoch has every label as often as the split does, in another order.
+    records = tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(f"{fm_dir}/train-*")))
+    labels = np.sort([int(tf.io.parse_single_example(r, tfrecord.TRAIN_FEATURES)[tfrecord.LABEL])
+                      - 1 for r in records])
+    epochs = [np.concatenate([y for _, y in alone[e * 12:(e + 1) * 12]]) for e in (0, 1)]
+    for epoch in epochs:
+        np.testing.assert_array_equal(np.sort(epoch), labels)
+    assert not np.array_equal(epochs[0], epochs[1])
 
 
 def test_random_flip_off_reaches_the_train_pipeline(fm_dir):
