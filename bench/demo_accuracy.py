@@ -20,8 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FASHION_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 EPOCHS = 2
-# MEASURE-ME: filled in from this script's own run (seeds 1-4), see the README.
-THRESHOLD = None
+# This script, seeds 1-4, 2026-12-06, 2-core Xeon with AVX-512 (shared with other jobs):
+# top-1 0.8809 / 0.8830 / 0.8871 / 0.8755, mean 0.8816, std 0.0048. The threshold is the mean
+# less two standard deviations: one seed falls below it by chance about 2% of the time.
+THRESHOLD = 0.872
 
 
 def run_seed(seed: int, epochs: float, out: str, data_dir: str) -> dict:
