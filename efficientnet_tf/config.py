@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tempfile
 import typing
@@ -181,7 +182,7 @@ class DataConfig:
     cache: bool = False  # cache the serialized records in memory (small data sets)
     deterministic: bool = False  # fixed element order; with `seed`, also reproducible crops/flips
     seed: int | None = None  # None in a TrainConfig: the top-level seed
-    image_dtype: str = "float32"  # uint8 | float32 | bfloat16
+    image_dtype: str | None = None  # uint8 | float32 | bfloat16; None: follows use_bfloat16
     augment_name: str | None = None  # None | autoaugment | randaugment
     randaug_num_layers: int = 2
     randaug_magnitude: float = 10.0
@@ -208,12 +209,15 @@ class DataConfig:
         if self.augment_name not in (None, *constants.AUGMENT_NAMES):
             _fail(f"data.augment_name must be {', '.join(constants.AUGMENT_NAMES)} or none, "
                   f"got {self.augment_name!r}.")
-        if self.image_dtype not in constants.IMAGE_DTYPES:
+        if self.image_dtype is not None and self.image_dtype not in constants.IMAGE_DTYPES:
             _fail(f"data.image_dtype must be one of {', '.join(constants.IMAGE_DTYPES)}, "
                   f"got {self.image_dtype!r}.")
         if self.resize_method not in constants.RESIZE_METHODS:
             _fail(f"data.resize_method must be one of {', '.join(constants.RESIZE_METHODS)}, "
                   f"got {self.resize_method!r}.")
+        if not 0 < self.min_crop_area <= 1:
+            _fail(f"data.min_crop_area is a fraction of the image in (0, 1], got "
+                  f"{self.min_crop_area} (the reference uses 0.08).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +251,12 @@ class OptimizerConfig:
         if self.schedule not in SCHEDULES:
             _fail(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, "
                   f"got {self.schedule!r}.")
+        numbers = {k: getattr(self, k) for k in ("lr", "rho", "momentum", "epsilon",
+                   "warmup_epochs", "decay_epochs", "decay_rate", "weight_decay",
+                   "label_smoothing", "ema_decay")}
+        bad = [f"optimizer.{k}={v}" for k, v in numbers.items() if not math.isfinite(v)]
+        if bad:
+            _fail(f"{', '.join(bad)}: give a finite number.")
         if self.lr <= 0:
             _fail(f"optimizer.lr must be > 0, got {self.lr}.")
         if self.warmup_epochs < 0 or self.decay_epochs <= 0 or not 0 < self.decay_rate <= 1:
@@ -342,7 +352,7 @@ class TrainConfig:
         if self.on_nonfinite not in ("stop", "restore") or self.max_nonfinite_restores < 0:
             _fail(f"on_nonfinite must be stop or restore (max_nonfinite_restores >= 0), got "
                   f"{self.on_nonfinite!r} / {self.max_nonfinite_restores}.")
-        derived = _derived_values(self.model, self.seed)
+        derived = _derived_values(self.model, self.seed, self.use_bfloat16)
         data = {k: v for k, v in derived.items()
                 if k.startswith("data.") and getattr(self.data, k[5:]) is None}
         if data:
@@ -361,10 +371,13 @@ def check_for_training(config: TrainConfig) -> None:
               "the model and the data) or data.seed.")
 
 
-def _derived_values(model: ModelConfig, seed: int | None) -> dict:
-    """The values a TrainConfig derives when the recipe leaves them out, by dotted key."""
+def _derived_values(model: ModelConfig, seed: int | None, use_bfloat16: bool) -> dict:
+    """The values a TrainConfig derives when the recipe leaves them out, by dotted key. The
+    input images are bfloat16 when the model computes in bfloat16 (as the TPU reference ties
+    them), float32 otherwise."""
     resolution, dropout = model.defaults()
-    return {"data.image_size": resolution, "model.dropout_rate": dropout, "data.seed": seed}
+    return {"data.image_size": resolution, "model.dropout_rate": dropout, "data.seed": seed,
+            "data.image_dtype": "bfloat16" if use_bfloat16 else "float32"}
 
 
 # Which keys each derived value follows (see apply_overrides).
@@ -374,6 +387,7 @@ _DERIVED_FROM = {
     "model.dropout_rate": ("model.model_name", "model.phi", "model.width_coefficient",
                            "model.depth_coefficient"),
     "data.seed": ("seed",),
+    "data.image_dtype": ("use_bfloat16",),
 }
 # Keys of older config files, read as the key that holds the value now.
 _ALIASES = {"model.num_classes": "data.num_classes"}
@@ -551,8 +565,9 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
     """Returns a copy of config with 'section.field=value' / 'field=value' overrides applied.
 
     Values are parsed as YAML scalars and converted to the field's type ('none' clears an
-    optional field). Derived values (data.image_size, model.dropout_rate, data.seed) that still
-    hold what their source implied follow an override of that source.
+    optional field). Derived values (data.image_size, model.dropout_rate, data.seed,
+    data.image_dtype) that still hold what their source implied follow an override of that
+    source.
     """
     values = config_to_dict(config)
     set_keys: dict[str, Any] = {}
@@ -592,7 +607,7 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
                   f"{set_keys[key][0]}) and {parsed!r} (as {spelled}); give it once.")
         target[field] = parsed
         set_keys[key] = (spelled, parsed)
-    old = _derived_values(config.model, config.seed)
+    old = _derived_values(config.model, config.seed, config.use_bfloat16)
     for key, sources in _DERIVED_FROM.items():
         section, field = key.split(".")
         if key not in set_keys and any(s in set_keys for s in sources) and (

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import pytest
@@ -258,3 +259,27 @@ def test_old_module_name_still_works_and_warns():
     with pytest.warns(DeprecationWarning, match="moved to efficientnet_tf.config"):
         old = importlib.import_module("efficientnet_tf.train.config")
     assert old.load_config is cfg.load_config and old.DataSection is cfg.DataConfig
+
+
+def test_the_input_dtype_follows_the_precision_unless_a_recipe_sets_it():
+    b0 = cfg.load_config("efficientnet-b0")  # the ImageNet recipe: use_bfloat16 true
+    assert (b0.use_bfloat16, b0.data.image_dtype) == (True, "bfloat16")
+    gpu = cfg.apply_overrides(b0, ["use_bfloat16=false"])
+    assert gpu.data.image_dtype == "float32"  # no bf16-rounded pixels in a float32 run
+    assert cfg.apply_overrides(gpu, ["use_bfloat16=true"]).data.image_dtype == "bfloat16"
+    pinned = cfg.apply_overrides(b0, ["data.image_dtype=uint8", "use_bfloat16=false"])
+    assert pinned.data.image_dtype == "uint8"  # set explicitly: stays
+    again = cfg.load_config(cfg.save_config(gpu, tempfile.mkdtemp()))
+    assert again.data.image_dtype == "float32"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.min_crop_area=0", "data.min_crop_area is a fraction of the image in (0, 1], got 0"),
+    ("data.min_crop_area=1.5", "data.min_crop_area"),
+    ("optimizer.lr=nan", "optimizer.lr=nan: give a finite number"),
+    ("optimizer.weight_decay=inf", "optimizer.weight_decay=inf"),
+])
+def test_values_that_would_fail_deep_in_training_are_refused_by_name(override, message):
+    with pytest.raises(ValueError) as e:
+        cfg.apply_overrides(cfg.load_config("fashion_mnist"), [override])
+    assert message in str(e.value)

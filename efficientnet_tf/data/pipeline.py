@@ -140,7 +140,7 @@ def _synthetic(config, batch, input_context, repeat) -> tf.data.Dataset:
     s = config.image_size
     images = tf.random.stateless_uniform([batch, s, s, 3], seed, 0, 256, dtype=tf.int32)
     labels = tf.random.stateless_uniform([batch], seed + 1, 0, config.num_classes, dtype=tf.int32)
-    images = tf.cast(images, IMAGE_DTYPES[config.image_dtype])
+    images = tf.cast(images, IMAGE_DTYPES[config.image_dtype or "float32"])
     ds = tf.data.Dataset.from_tensors((images, labels))
     return ds.repeat() if repeat else ds.repeat(max(1, math.ceil(config.synthetic_examples / batch)))
 
@@ -153,7 +153,9 @@ def _check_labels(label, num_classes):
         return tf.identity(label)
 
 
-def _to_dtype(images: tf.Tensor, dtype: str) -> tf.Tensor:
+def _to_dtype(images: tf.Tensor, dtype: str | None) -> tf.Tensor:
+    """None (a DataConfig outside a TrainConfig, which derives it): float32."""
+    dtype = dtype or "float32"
     if dtype == "uint8":
         return tf.cast(tf.round(images), tf.uint8)
     return tf.cast(images, IMAGE_DTYPES[dtype])
