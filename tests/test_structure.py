@@ -10,7 +10,7 @@ PKG = os.path.join(REPO, "efficientnet_tf")
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = {
-    "basics": {"constants", "spec", "scaling", "config", "fileio"},
+    "basics": {"constants", "spec", "scaling", "config", "fileio", "rundir"},
     "data": {"data"},
     "model": {"layers", "model", "weights", "profile", "imagenet", "ema", "factory"},
     "products": {"export"},
@@ -18,7 +18,7 @@ LAYERS = {
     "entry points": {"demo", "evaluate", "predict"},
 }
 ORDER = list(LAYERS)
-PURE = {"constants", "spec", "scaling", "config", "fileio"}  # no TensorFlow / Keras at import time
+PURE = {"constants", "spec", "scaling", "config", "fileio", "rundir"}  # no TensorFlow / Keras at import time
 FLAG_FILES = {"train/main.py", "export/__main__.py", "data/convert.py", "train/__main__.py",
               "weights/__main__.py", "evaluate.py", "predict.py", "research/__main__.py"}
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 from efficientnet_tf import config as cfglib
 from efficientnet_tf import factory
 from efficientnet_tf.ema import ExponentialMovingAverage
+from efficientnet_tf.rundir import RunDir
 
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ def _reader(prefix: str):
 
 def read_run_config(model_dir: str) -> cfglib.TrainConfig:
     """The TrainConfig a training job wrote to model_dir/config.yaml."""
-    path = os.path.join(model_dir, "config.yaml")
+    path = RunDir(model_dir).config_path
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: --model_dir must be a training job's "
                                 "model_dir (it writes config.yaml next to the checkpoints).")

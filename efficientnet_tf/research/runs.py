@@ -15,6 +15,7 @@ import time
 
 from efficientnet_tf import config as cfglib
 from efficientnet_tf import fileio
+from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.research import bn
 from efficientnet_tf.research.space import Point, partition, point_config
 
@@ -48,7 +49,7 @@ def train_point(config: cfglib.TrainConfig, model_dir: str, strategy=None, log=p
     done = read_result(model_dir)
     if done is not None and done.get("bn_batches", 0) == bn_batches:
         return done
-    saved = os.path.join(model_dir, "config.yaml")
+    saved = RunDir(model_dir).config_path
     if tf.io.gfile.exists(saved) and (cfglib.dump_config(cfglib.load_config(saved))
                                       != cfglib.dump_config(config)):
         raise ValueError(f"{model_dir} holds a run of another recipe (its config.yaml differs "
@@ -58,7 +59,7 @@ def train_point(config: cfglib.TrainConfig, model_dir: str, strategy=None, log=p
     t0 = time.time()
     trainer = Trainer(config, model_dir, strategy, log=log)
     if done is None:
-        cfglib.save_config(config, model_dir)
+        trainer.rundir.record_start(config)
         state = trainer.train()
         if state.get("preempted"):
             raise Preempted(f"Stopped by SIGTERM in {model_dir}; its checkpoint is saved.")

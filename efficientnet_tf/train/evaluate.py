@@ -8,6 +8,7 @@ import os
 import tensorflow as tf
 
 from efficientnet_tf import fileio
+from efficientnet_tf.rundir import RunDir
 
 
 def continuous_eval(trainer, timeout: float = 3600, min_interval_secs: float = 0) -> dict | None:
@@ -16,9 +17,9 @@ def continuous_eval(trainer, timeout: float = 3600, min_interval_secs: float = 0
     Results go to model_dir/eval/results.jsonl; the best top-1 checkpoint is copied to
     model_dir/best/ and described in model_dir/best/best.json. Returns the best record.
     """
-    model_dir = trainer.model_dir
-    best = fileio.read_json(os.path.join(model_dir, "best", "best.json"))
-    results_path = os.path.join(model_dir, "eval", "results.jsonl")
+    model_dir, rundir = trainer.model_dir, trainer.rundir
+    best = fileio.read_json(os.path.join(rundir.best_dir, "best.json"))
+    results_path = rundir.eval_results_path
     tf.io.gfile.makedirs(os.path.dirname(results_path))
     for path in tf.train.checkpoints_iterator(model_dir, min_interval_secs=min_interval_secs,
                                               timeout=timeout):
@@ -34,13 +35,13 @@ def continuous_eval(trainer, timeout: float = 3600, min_interval_secs: float = 0
         trainer.log(f"eval step {step}: top-1 {result['top1']:.4f} top-5 {result['top5']:.4f} "
                     f"on {result['examples']} images ({result['skipped']} undecodable skipped)")
         if best is None or result["top1"] > best["top1"]:
-            best = _save_best(model_dir, path, result)
+            best = _save_best(rundir.best_dir, path, result)
         if step >= trainer.total_steps:
             break
     return best
 
 
-def _save_best(model_dir, path, result):
+def _save_best(best_dir, path, result):
     """Copies checkpoint `path` into model_dir/best/ and points best/best.json at it.
 
     No directory is renamed (object stores cannot do it atomically): the new checkpoint's files
@@ -48,7 +49,6 @@ def _save_best(model_dir, path, result):
     previous best's files are deleted. A crash at any point leaves best.json naming a complete
     checkpoint; leftovers of an interrupted copy are deleted by the next save.
     """
-    best_dir = os.path.join(model_dir, "best")
     tf.io.gfile.makedirs(best_dir)
     src_dir, prefix = os.path.dirname(path) or ".", os.path.basename(path)
     for name in tf.io.gfile.listdir(src_dir):
@@ -65,7 +65,8 @@ def _save_best(model_dir, path, result):
 
 def plot_history(model_dir: str, out_name: str = "training_curves.png") -> str | None:
     """Plots loss, accuracy and lr from model_dir/history.jsonl into a PNG; returns its path."""
-    recs = fileio.read_jsonl(os.path.join(model_dir, "history.jsonl"))
+    rundir = RunDir(model_dir)
+    recs = fileio.read_jsonl(rundir.history_path)
     if not recs:
         return None
     import matplotlib
@@ -94,4 +95,4 @@ def plot_history(model_dir: str, out_name: str = "training_curves.png") -> str |
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    return fileio.write_file(os.path.join(model_dir, out_name), buf.getvalue())
+    return fileio.write_file(rundir.join(out_name), buf.getvalue())

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf import fileio
+from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.ema import ExponentialMovingAverage
 from efficientnet_tf.train import preemption
 from efficientnet_tf.train.strategy import per_replica_batch_size
@@ -37,10 +38,11 @@ class Trainer:
 
     def __init__(self, config, model_dir: str, strategy: tf.distribute.Strategy | None = None,
                  jit_compile: bool = False, log=print, train_dataset_fn=None,
-                 num_train_examples: int | None = None, task=None):
+                 num_train_examples: int | None = None, task=None, rundir=None):
         self.config = config
         self.task = task or ClassificationTask(config, train_dataset_fn, num_train_examples)
         self.model_dir = model_dir
+        self.rundir = rundir or RunDir(model_dir)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.log = log
         self.jit_compile = jit_compile
@@ -225,9 +227,21 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def train(self, total_steps: int | None = None, eval_every_steps: int | None = None) -> dict:
+        """Trains to total_steps (default: the config's) from the latest checkpoint. The chief
+        holds model_dir's lock meanwhile (a second trainer is refused). Returns {"step"}, plus
+        "preempted" and "exit_code" when SIGTERM or Ctrl-C stopped it (after a save)."""
+        with self.rundir.locked(self.log) if self.is_chief else contextlib.nullcontext():
+            return self._train(total_steps, eval_every_steps)
+
+    def _train(self, total_steps, eval_every_steps) -> dict:
         cfg = self.config
         total_steps = total_steps or self.total_steps
         step = self.restore()
+        if self.is_chief:
+            dropped = self.rundir.trim_history(step)
+            if dropped:
+                self.log(f"Dropped {dropped} history record(s) past step {step} (trained after "
+                         "the checkpoint that was restored).")
         switch = self._set_phase(step)
         if switch is not None and step < switch < total_steps:  # two phases: the first, then on
             first = self.train(switch, eval_every_steps)
@@ -238,9 +252,9 @@ class Trainer:
         iterator = iter(self._train_dataset(step))
         if self._train_loop is None:
             self._train_loop = self._make_train_loop()
-        writer = (tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+        writer = (tf.summary.create_file_writer(self.rundir.summaries_dir)
                   if self.is_chief else tf.summary.create_noop_writer())
-        history_path = os.path.join(self.model_dir, "history.jsonl") if self.is_chief else None
+        history_path = self.rundir.history_path if self.is_chief else None
         last_ckpt = step
         if cfg.on_nonfinite == "restore" and not self.manager.latest_checkpoint:
             self._save(step)  # something to go back to
@@ -291,17 +305,18 @@ class Trainer:
             self._progress(rec, start_step, total_steps, t_start)
             if history_path:
                 fileio.append_line(history_path, json.dumps(rec))
-            if n < want:  # stopped early, with a finite loss: SIGTERM
+                self.rundir.heartbeat()
+            if n < want:  # stopped early, with a finite loss: SIGTERM or Ctrl-C
                 return self._preempted(step, last_ckpt)
         return {"step": step}
 
     def _preempted(self, step: int, last_ckpt: int) -> dict:
-        """After SIGTERM: a checkpoint at this step (every worker takes part), then return."""
+        """After SIGTERM or Ctrl-C: a checkpoint at this step (every worker takes part)."""
         if step != last_ckpt:
             self._save(step)
-        self.log(f"SIGTERM at step {step}: saved {self.manager.latest_checkpoint}; run the same "
-                 "command again to resume.")
-        return {"step": step, "preempted": True}
+        self.log(f"{self._sigterm.name} at step {step}: saved {self.manager.latest_checkpoint}; "
+                 "run the same command again to resume.")
+        return {"step": step, "preempted": True, "exit_code": self._sigterm.exit_code}
 
     def _save(self, step: int) -> None:
         """Saves a checkpoint, unless the weights hold NaN/Inf (which the next loss would show)."""
@@ -309,7 +324,14 @@ class Trainer:
             raise FloatingPointError(
                 f"Non-finite weights at step {step} (the last update overflowed); not saved. "
                 f"The latest checkpoint stays {self.manager.latest_checkpoint}.")
-        self.manager.save(checkpoint_number=step)
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as e:  # disk full, permissions, a vanished bucket
+            raise RuntimeError(
+                f"Could not save the checkpoint of step {step} in {self.model_dir} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). The latest complete "
+                f"checkpoint stays {self.manager.latest_checkpoint}; free space (or fix the "
+                "permissions) and run the same command again to resume.") from None
 
     @tf.function
     def _weights_are_finite(self):

@@ -5,6 +5,7 @@ library never reads global flags: main() turns them into a TrainConfig and calls
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from absl import app, flags, logging
@@ -93,12 +94,17 @@ def main(argv):
     except ValueError as e:
         print(f"efficientnet_tf.train: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except FloatingPointError as e:  # non-finite loss: the message says what was kept
+    except (FloatingPointError, RuntimeError) as e:  # the message says what was kept
         print(f"efficientnet_tf.train: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits 130)
+        print("efficientnet_tf.train: interrupted (Ctrl-C) outside the training loop; the "
+              "latest checkpoint, if any, is kept.", file=sys.stderr)
+        sys.exit(130)
 
 
 def run():
+    from efficientnet_tf.rundir import RunDir, check_writable_dir
     from efficientnet_tf.train.strategy import make_strategy
 
     if not FLAGS.model_dir:
@@ -107,34 +113,46 @@ def run():
     if config.data.synthetic is False and not config.data.data_dir:
         raise ValueError("--data_dir is required (TFRecords from python -m efficientnet_tf.data.convert, "
                          "or tfds:<name>), or pass --use_synthetic_data to measure throughput.")
-    config = prepare_finetuning(config, FLAGS.model_dir)
-    strategy = make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone, FLAGS.gcp_project)
-    from efficientnet_tf.train.loop import Trainer
-
-    trainer = Trainer(config, FLAGS.model_dir, strategy,
-                      jit_compile=FLAGS.jit_compile, log=logging.info if not sys.stdout.isatty() else print)
-    cfglib.save_config(config, FLAGS.model_dir)
+    rundir = RunDir(FLAGS.model_dir)
     if FLAGS.mode == "eval":
-        from efficientnet_tf.train.evaluate import continuous_eval
+        return run_eval(config, rundir)
+    # Everything that can be known now is checked before anything is written.
+    rundir.check_writable()
+    if FLAGS.export_dir:
+        check_writable_dir(FLAGS.export_dir, "--export_dir")
+    config, convert_data = plan_finetuning(config, FLAGS.model_dir)
+    changes = rundir.check_config(config)
+    strategy = make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone, FLAGS.gcp_project)
+    from efficientnet_tf.train.loop import Trainer, _is_chief
 
-        continuous_eval(trainer, timeout=FLAGS.eval_timeout)
-        return
-    eval_every = None
-    if FLAGS.mode == "train_and_eval":
-        eval_every = eval_interval(trainer.total_steps, trainer.steps_per_epoch,
-                                   FLAGS.eval_every_epochs)
-    if trainer.train(eval_every_steps=eval_every).get("preempted"):
-        from efficientnet_tf.train.preemption import EXIT_CODE
+    log = logging.info if not sys.stdout.isatty() else print
+    chief = _is_chief(strategy)
+    with rundir.locked(log) if chief else contextlib.nullcontext():
+        if convert_data:
+            convert_data()
+        trainer = Trainer(config, FLAGS.model_dir, strategy, jit_compile=FLAGS.jit_compile,
+                          log=log, rundir=rundir)
+        if chief:
+            rundir.record_start(config)
+            if changes:
+                log("Restart with " + ", ".join(f"{k}: {a!r} -> {b!r}"
+                                                for k, (a, b) in changes.items())
+                    + f" (recorded in {rundir.join('restarts.jsonl')}).")
+        eval_every = None
+        if FLAGS.mode == "train_and_eval":
+            eval_every = eval_interval(trainer.total_steps, trainer.steps_per_epoch,
+                                       FLAGS.eval_every_epochs)
+        state = trainer.train(eval_every_steps=eval_every)
+        if state.get("preempted"):
+            sys.exit(state.get("exit_code", 143))  # saved; the same command resumes from it
+        from efficientnet_tf.train.evaluate import plot_history
 
-        sys.exit(EXIT_CODE)  # the checkpoint is saved; the same command resumes from it
-    from efficientnet_tf.train.evaluate import plot_history
-
-    plot_history(FLAGS.model_dir)
-    if FLAGS.mode == "train_and_eval":
-        result = trainer.evaluate()
-        print(f"Final eval (EMA={result['ema']}): top-1 {result['top1']:.4f} top-5 "
-              f"{result['top5']:.4f} on {result['examples']} images ({result['skipped']} "
-              "undecodable ones skipped)")
+        plot_history(FLAGS.model_dir)
+        if FLAGS.mode == "train_and_eval":
+            result = trainer.evaluate()
+            print(f"Final eval (EMA={result['ema']}): top-1 {result['top1']:.4f} top-5 "
+                  f"{result['top5']:.4f} on {result['examples']} images ({result['skipped']} "
+                  "undecodable ones skipped)")
     if FLAGS.export_dir and trainer.is_chief:
         from efficientnet_tf.export import export_saved_model, load_model_for_export
 
@@ -149,14 +167,36 @@ def run():
         print(f"Exported {loaded.describe()} to {path}")
 
 
-def prepare_finetuning(config, model_dir: str, log=print):
-    """A folder of images as data_dir (checked, then converted once into model_dir/data), and
-    the fine-tuning source and freeze spec checked on a built model: every bad input stops here,
-    before anything is written to model_dir."""
+def run_eval(config, rundir):
+    """--mode=eval: evaluates each new checkpoint of a training run; writes no config."""
+    import tensorflow as tf
+
+    from efficientnet_tf.train.evaluate import continuous_eval
+    from efficientnet_tf.train.loop import Trainer
+    from efficientnet_tf.train.strategy import make_strategy
+
+    if rundir.stored_config() is not None:
+        config = plan_finetuning(config, FLAGS.model_dir, check=False)[0]
+        rundir.check_config(config)
+    strategy = make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone, FLAGS.gcp_project)
+    trainer = Trainer(config, FLAGS.model_dir, strategy, jit_compile=FLAGS.jit_compile,
+                      log=logging.info if not sys.stdout.isatty() else print, rundir=rundir)
+    best = continuous_eval(trainer, timeout=FLAGS.eval_timeout)
+    if best is None and not tf.train.latest_checkpoint(FLAGS.model_dir):
+        raise RuntimeError(f"no checkpoint appeared in {FLAGS.model_dir} within --eval_timeout="
+                           f"{FLAGS.eval_timeout} s: is the training job running with this "
+                           "--model_dir?")
+
+
+def plan_finetuning(config, model_dir: str, log=print, check: bool = True):
+    """(config, convert) without writing anything: a folder of images as data_dir becomes
+    model_dir/data (convert() makes it, None when it holds this folder's TFRecords already),
+    and the fine-tuning source and freeze spec are checked on a built model (check=True)."""
     import tensorflow as tf
 
     from efficientnet_tf.train import finetune
 
+    convert_data = None
     folder = finetune.is_image_folder(config.data.data_dir, config.data.train_file_pattern)
     if folder:
         classes = finetune.scan_image_folder(config.data.data_dir)
@@ -168,13 +208,21 @@ def prepare_finetuning(config, model_dir: str, log=print):
         log(f"model.normalization={ws.normalization}: what the {ws.name!r} weights were trained "
             f"with (the config said {config.model.normalization!r}).")
         config = cfglib.apply_overrides(config, [f"model.normalization={ws.normalization}"])
-    if config.finetune.enabled and not tf.train.latest_checkpoint(model_dir):
+    if check and config.finetune.enabled and not tf.train.latest_checkpoint(model_dir):
         finetune.check_setup(config)
     if folder:
         ft = config.finetune
-        records = finetune.prepare_image_folder(
+        records, convert_data = finetune.image_folder_records(
             config.data.data_dir, model_dir, ft.validation_dir, ft.validation_fraction, log=log)
         config = cfglib.apply_overrides(config, [f"data.data_dir={records}"])
+    return config, convert_data
+
+
+def prepare_finetuning(config, model_dir: str, log=print):
+    """plan_finetuning, then the image folder's conversion (when needed); returns the config."""
+    config, convert_data = plan_finetuning(config, model_dir, log)
+    if convert_data:
+        convert_data()
     return config
 
 

@@ -1,4 +1,4 @@
-"""SIGTERM -> a checkpoint at the current step, then a clean exit.
+"""SIGTERM or Ctrl-C (SIGINT) -> a checkpoint at the current step, then a clean exit.
 
 Why not tf.distribute.experimental.PreemptionCheckpointHandler (TF 2.21): on a Cloud TPU VM or
 a GCE CPU VM (detected from the metadata server) it only logs that it does not support them and
@@ -23,20 +23,40 @@ import threading
 import tensorflow as tf
 
 EXIT_CODE = 143  # 128 + SIGTERM, what TensorFlow's handler uses on GCE for "restart me"
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
 
 
 class SigtermWatcher:
-    """Context manager: while inside, SIGTERM sets `flag` (a CPU tf.Variable) instead of killing
-    the process; the previous handler is put back on exit."""
+    """Context manager: while inside, SIGTERM or SIGINT (Ctrl-C) sets `flag` (a CPU tf.Variable)
+    instead of killing the process; `signum` says which came first. A second Ctrl-C ends the
+    process at once (exit 130), without saving. The previous handlers are put back on exit."""
 
     def __init__(self):
         with tf.device("/cpu:0"):
             self.flag = tf.Variable(0, trainable=False, dtype=tf.int32, name="sigterm")
         self.received = threading.Event()
-        self._previous = self._previous_fd = self._pipe = self._thread = None
+        self.signum = None
+        self._previous = {}
+        self._previous_fd = self._pipe = self._thread = None
 
-    def _handle(self, signum=None, frame=None):
-        del signum, frame
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, EXIT_CODE)
+
+    @property
+    def name(self) -> str:
+        return NAMES.get(self.signum, "SIGTERM")
+
+    def _handle(self, signum=signal.SIGTERM):
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            os.write(2, b"Second Ctrl-C: stopping now, without saving this step.\n")
+            os._exit(130)
+        if self.signum is None:
+            self.signum = signum
+            if signum == signal.SIGINT:
+                os.write(2, b"Ctrl-C: saving a checkpoint at the current step, then stopping "
+                            b"(Ctrl-C again to stop without saving).\n")
         self.received.set()
         self.flag.assign(1)
 
@@ -45,15 +65,20 @@ class SigtermWatcher:
             data = os.read(read_fd, 64)
             if not data:  # write end closed: __exit__
                 return
-            if signal.SIGTERM in data:
-                self._handle()
+            for signum in data:
+                if signum in EXIT_CODES:
+                    self._handle(signal.Signals(signum))
 
     def __enter__(self):
         self.received.clear()
+        self.signum = None
         self.flag.assign(0)
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be set from the main thread
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        # The Python-level handlers do nothing: the watcher thread acts on the wakeup fd, which
+        # the C-level handler writes the moment a signal arrives.
+        for signum in EXIT_CODES:
+            self._previous[signum] = signal.signal(signum, lambda *_: None)
         self._pipe = os.pipe()
         os.set_blocking(self._pipe[1], False)
         self._previous_fd = signal.set_wakeup_fd(self._pipe[1])
@@ -66,11 +91,12 @@ class SigtermWatcher:
             return False
         signal.set_wakeup_fd(self._previous_fd)
         # None: the previous handler was not set from Python; the default is the closest.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         os.close(self._pipe[1])
         self._thread.join()
         os.close(self._pipe[0])
-        self._previous = self._previous_fd = self._pipe = self._thread = None
+        self._previous, self._previous_fd, self._pipe, self._thread = {}, None, None, None
         return False
 
 
