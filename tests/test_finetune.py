@@ -196,7 +196,16 @@ def test_an_image_folder_is_converted_once_into_the_model_dir(tmp_path):
     assert n_val in (2, 3)  # one file per class held out (10% of 6-7, at least 1)
     lines.clear()
     prepare_finetuning(cfg, model_dir, log=log)
-    assert lines == [f"Reusing the TFRecords of {data} in {os.path.join(model_dir, 'data')}."]
+    assert lines == [f"Reusing the TFRecords of {data} in {os.path.join(model_dir, 'data')} "
+                     "(same files as when converted)."]
+    # Another folder with the same classes, or this one changed, is refused, never reused.
+    other = _folder(tmp_path / "other", 3, per_class=5)
+    with pytest.raises(ValueError, match=r"holds the TFRecords of .*photos.*not of .*other"):
+        prepare_finetuning(cfglib.apply_overrides(cfg, [f"data.data_dir={other}"]), model_dir,
+                           log=log)
+    os.remove(os.path.join(data, "class_1", "0.jpg"))
+    with pytest.raises(ValueError, match="use a new --model_dir"):
+        prepare_finetuning(cfg, model_dir, log=log)
     t = Trainer(cfglib.apply_overrides(out, ["train_steps=1"]), model_dir, log=lambda *_: None)
     t.train()
     assert t.evaluate()["examples"] == n_val

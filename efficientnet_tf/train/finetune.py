@@ -8,6 +8,7 @@ inference mode with its moving statistics untouched (Keras does that for trainab
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -174,31 +175,85 @@ def scan_image_folder(data_dir: str) -> list:
     return classes
 
 
-def prepare_image_folder(data_dir: str, model_dir: str, validation_dir: str | None,
-                         validation_fraction: float, seed: int = 12345, log=print) -> str:
-    """TFRecords of an image folder under model_dir/data, converted once (a restart reuses
-    them). Returns the TFRecord directory."""
+def folder_fingerprint(*folders: str | None) -> dict:
+    """What identifies an image folder's content: its class names and a SHA-256 over every
+    file's relative path, size and modification time (tf.io.gfile, so gs:// too)."""
+    import hashlib
+
     import tensorflow as tf
 
-    from efficientnet_tf.data import convert
+    digest, files, classes = hashlib.sha256(), 0, []
+    for folder in folders:
+        if not folder:
+            continue
+        classes.append(sorted(n.rstrip("/") for n in tf.io.gfile.listdir(folder)
+                              if tf.io.gfile.isdir(os.path.join(folder, n))))
+        for root, _, names in sorted(tf.io.gfile.walk(folder)):
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                try:
+                    st = tf.io.gfile.stat(path)
+                    size, mtime = st.length, st.mtime_nsec
+                except tf.errors.OpError:  # a dangling link: the converter lists it
+                    size, mtime = -1, -1
+                digest.update(f"{os.path.relpath(path, folder)}\t{size}\t{mtime}\n".encode())
+                files += 1
+    return {"sources": [f for f in folders if f], "classes": classes, "files": files,
+            "sha256": digest.hexdigest()}
 
-    out = os.path.join(model_dir, "data")
-    if tf.io.gfile.exists(os.path.join(out, "dataset_info.json")):
-        log(f"Reusing the TFRecords of {data_dir} in {out}.")
-        return out
+
+def image_folder_records(data_dir: str, model_dir: str, validation_dir: str | None,
+                         validation_fraction: float, seed: int = 12345, log=print):
+    """(TFRecord dir, convert) for an image folder: model_dir/data, and a function that
+    converts the folder there, or None when model_dir/data already holds this folder's
+    TFRecords. Writes nothing; ValueError when model_dir/data was converted from another
+    folder or from this one since changed (data/source.json's fingerprint differs)."""
+    from efficientnet_tf import fileio
+    from efficientnet_tf.rundir import RunDir
+
+    out = RunDir(model_dir).data_dir
+    source_path = os.path.join(out, "source.json")
+    fingerprint = folder_fingerprint(data_dir, validation_dir)
+    recorded = fileio.read_json(source_path)
+    if recorded is not None:
+        if recorded.get("sha256") != fingerprint["sha256"]:
+            raise ValueError(
+                f"{out} holds the TFRecords of {', '.join(recorded.get('sources', []))} "
+                f"({recorded.get('files')} files, classes {recorded.get('classes')}), not of "
+                f"{data_dir} as it is now ({fingerprint['files']} files, classes "
+                f"{fingerprint['classes']}). A run trains on one data set: use a new --model_dir "
+                "for other images.")
+        log(f"Reusing the TFRecords of {data_dir} in {out} (same files as when converted).")
+        return out, None
     if not validation_dir and not validation_fraction:
         raise ValueError("An image folder needs an eval split: set finetune.validation_dir or "
                          "finetune.validation_fraction > 0.")
-    log(f"Converting {data_dir} into TFRecords in {out} (once) ...")
-    summary = convert.convert_folder(
-        data_dir, out, validation_dir=validation_dir, train_shards=4, validation_shards=1,
-        seed=seed, num_workers=2, progress=False, validation_fraction=validation_fraction,
-        min_classes=2)
-    for split, s in summary.splits.items():
-        bad = f"; skipped {len(s.bad)} unreadable: " + ", ".join(
-            f"{path} ({why})" for path, why in s.bad[:10]) if s.bad else ""
-        log(f"  {split}: {s.num_written} images{bad}")
-    return out
+
+    def convert_now():
+        from efficientnet_tf.data import convert
+
+        log(f"Converting {data_dir} into TFRecords in {out} (once) ...")
+        summary = convert.convert_folder(
+            data_dir, out, validation_dir=validation_dir, train_shards=4, validation_shards=1,
+            seed=seed, num_workers=2, progress=False, validation_fraction=validation_fraction,
+            min_classes=2, overwrite=True)
+        for split, s in summary.splits.items():
+            bad = f"; skipped {len(s.bad)} unreadable: " + ", ".join(
+                f"{path} ({why})" for path, why in s.bad[:10]) if s.bad else ""
+            log(f"  {split}: {s.num_written} images{bad}")
+        fileio.write_file(source_path, json.dumps(fingerprint, indent=1))  # last: complete
+        return out
+
+    return out, convert_now
+
+
+def prepare_image_folder(data_dir: str, model_dir: str, validation_dir: str | None,
+                         validation_fraction: float, seed: int = 12345, log=print) -> str:
+    """TFRecords of an image folder under model_dir/data, converted once (a restart reuses
+    them, and refuses another folder's). Returns the TFRecord directory."""
+    out, convert_now = image_folder_records(data_dir, model_dir, validation_dir,
+                                            validation_fraction, seed, log)
+    return convert_now() if convert_now else out
 
 
 def check_setup(config) -> None:
