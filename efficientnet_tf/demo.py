@@ -1,6 +1,9 @@
 """The README's main job: Fashion-MNIST, end to end, on this machine.
 
-    python -m efficientnet_tf.demo [--out demo_out] [--config fashion_mnist] [--epochs N]
+    python -m efficientnet_tf.demo [--out demo_out] [--config fashion_mnist] [--epochs N] [--fresh]
+
+A second run resumes the model it finds in --out (a finished one goes straight to evaluation);
+--fresh deletes it and trains from scratch. Nothing is deleted without --fresh.
 
 1. convert Debian's dataset-fashion-mnist IDX files to TFRecords (once),
 2. train the fashion_mnist recipe (a scaled-down B0) from scratch,
@@ -31,12 +34,26 @@ def _need_data(idx_dir):
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except ValueError as e:  # a config or run-directory problem: the message says what to do
+        print(f"efficientnet_tf.demo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and stops)
+        print("efficientnet_tf.demo: interrupted (Ctrl-C); run the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+def _main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="working directory (data, model, export)")
     p.add_argument("--idx_dir", default=FASHION_DIR)
     p.add_argument("--config", default="fashion_mnist")
     p.add_argument("--epochs", type=float, default=None, help="override the recipe's epochs")
-    p.add_argument("--resume", action="store_true", help="continue the model in --out/model")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete the model in --out and train from scratch (default: resume it)")
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument("--show", type=int, default=8, help="test images to print predictions for")
     p.add_argument("--max_images", type=int, default=None,
                    help="a quick try-out: N random training images and the first N test images "
@@ -49,10 +66,12 @@ def main(argv=None) -> int:
 
     from efficientnet_tf import config as cfglib
     from efficientnet_tf.data import convert, pipeline
+    from efficientnet_tf.rundir import RunDir
     from efficientnet_tf.train.loop import Trainer
 
-    data_dir = os.path.join(args.out, f"data-first{args.max_images}" if args.max_images else "data")
-    model_dir = os.path.join(args.out, "model")
+    suffix = f"-first{args.max_images}" if args.max_images else ""
+    data_dir = os.path.join(args.out, "data" + suffix)
+    model_dir = os.path.join(args.out, "model" + suffix)
     export_dir = os.path.join(args.out, "export")
     if not os.path.exists(os.path.join(data_dir, "dataset_info.json")):
         print(f"[1/5] Converting {args.idx_dir} -> {data_dir}")
@@ -65,15 +84,29 @@ def main(argv=None) -> int:
     if args.epochs:
         overrides.append(f"epochs={args.epochs}")
     config = cfglib.apply_overrides(cfglib.load_config(args.config), overrides)
-    if not args.resume:
-        shutil.rmtree(model_dir, ignore_errors=True)
-    trainer = Trainer(config, model_dir)
-    cfglib.save_config(config, model_dir)
-    print(f"[2/5] Training {config.model.model_name} ({trainer.model.count_params():,} params) "
-          f"for {config.epochs:g} epochs of {trainer.steps_per_epoch} steps")
-    t0 = time.time()
-    trainer.train()
-    train_s = time.time() - t0
+    if args.fresh and os.path.isdir(model_dir):
+        print(f"      --fresh: deleting {model_dir}")
+        shutil.rmtree(model_dir)
+    rundir = RunDir(model_dir)
+    rundir.check_writable()
+    try:
+        rundir.check_config(config)
+    except ValueError as e:
+        raise ValueError(f"{e} (Or pass --fresh to delete it and start over.)") from None
+    with rundir.locked():
+        trainer = Trainer(config, model_dir, rundir=rundir)
+        rundir.record_start(config)
+        resumed = tf.train.latest_checkpoint(model_dir)
+        print(f"[2/5] Training {config.model.model_name} ({trainer.model.count_params():,} "
+              f"params) for {config.epochs:g} epochs of {trainer.steps_per_epoch} steps"
+              + (f", resuming {resumed} (--fresh starts over)" if resumed else ""))
+        t0 = time.time()
+        state = trainer.train()
+        train_s = time.time() - t0
+    if state.get("preempted"):
+        print(f"Stopped at step {state['step']} with a checkpoint saved: run the same command to "
+              "resume.", file=sys.stderr)
+        return state["exit_code"]
     from efficientnet_tf.train.evaluate import plot_history
 
     plot_history(model_dir)

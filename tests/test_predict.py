@@ -109,14 +109,31 @@ def test_float16_file_is_smaller_and_agrees(exported, tmp_path):
 
 
 @needs
-def test_predict_cli_on_the_demos_own_exports_with_a_bad_file_among_photos(exported, tmp_path):
+def test_predict_cli_on_the_demos_own_exports_with_a_bad_file_among_photos(exported, tmp_path,
+                                                                          capsys):
     """The demo (on 256 images, one epoch) exports a SavedModel and a LiteRT file; the predict
     command classifies skimage's photos with each, in Fashion-MNIST's names, and reports the
     non-image file by name without stopping the others."""
     from efficientnet_tf import demo
 
     out = tmp_path / "demo"
-    assert demo.main([f"--out={out}", "--max_images=256", "--epochs=1", "--show=0"]) == 0
+    args = [f"--out={out}", "--max_images=256", "--epochs=1", "--show=0"]
+    assert demo.main(args) == 0
+    result = json.loads((out / "demo_result.json").read_text())
+    # A second run keeps what the first trained: it resumes the finished model (nothing to
+    # train) and exports again; another recipe in the same --out is refused, pointing at --fresh.
+    model_dir = out / "model-first256"
+    checkpoint = tf.train.latest_checkpoint(str(model_dir))
+    stamp = os.path.getmtime(checkpoint + ".index")
+    capsys.readouterr()
+    assert demo.main(args) == 0
+    assert f"resuming {checkpoint} (--fresh starts over)" in capsys.readouterr().out
+    assert tf.train.latest_checkpoint(str(model_dir)) == checkpoint
+    assert os.path.getmtime(checkpoint + ".index") == stamp
+    assert demo.main([*args, "--config=fashion_mnist_long"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot change on a restart" in err and "--fresh" in err
+    assert tf.train.latest_checkpoint(str(model_dir)) == checkpoint
     result = json.loads((out / "demo_result.json").read_text())
     names = [c["name"] for c in json.loads((out / "data-first256" / "labels.json").read_text())["classes"]]
     photos = exported["files"]
