@@ -398,13 +398,20 @@ def _convert_item(item: Item, classes: list[str], quality: int) -> tuple[tf.trai
     return example, reencoded
 
 
+class _Stopped(Exception):
+    """Another shard failed: this one stops unfinished."""
+
+
 def _write_shard(items: list[Item], path: str, tmp: str, classes: list[str], quality: int,
-                 summary: SplitSummary, lock: threading.Lock, progress: _Progress) -> int:
+                 summary: SplitSummary, lock: threading.Lock, progress: _Progress,
+                 stop: threading.Event) -> int:
     """Writes one shard under tmp, renames it to path; returns its record count."""
     written = 0
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
             for item in items:
+                if stop.is_set():
+                    raise _Stopped(path)
                 try:
                     example, reencoded = _convert_item(item, classes, quality)
                 except ImageError as e:
@@ -421,6 +428,7 @@ def _write_shard(items: list[Item], path: str, tmp: str, classes: list[str], qua
                 progress.update()
         tf.io.gfile.rename(tmp, path, overwrite=True)
     except BaseException:
+        stop.set()
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
         raise
@@ -451,12 +459,20 @@ def write_split(items: list[Item], output_dir: str, split: str, num_shards: int,
     lock, bar = threading.Lock(), _Progress(split, len(items), progress)
     start = time.time()
     bounds = [len(items) * i // num_shards for i in range(num_shards + 1)]
-    with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
+    pool, stop = concurrent.futures.ThreadPoolExecutor(max(1, num_workers)), threading.Event()
+    try:
         futures = [pool.submit(_write_shard, items[bounds[i]:bounds[i + 1]],
                                os.path.join(output_dir, name), _tmp_path(output_dir, name),
-                               classes, quality, summary, lock, bar)
+                               classes, quality, summary, lock, bar, stop)
                    for i, name in enumerate(names)]
-        counts = [f.result() for f in futures]  # re-raises the first failure
+        concurrent.futures.wait(futures)
+        errors = [f.exception() for f in futures if f.exception()]
+        if errors:  # the first real failure, not the shards it stopped
+            raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+        counts = [f.result() for f in futures]
+    finally:
+        stop.set()  # after a failure or an interrupt: no shard goes on or starts
+        pool.shutdown(wait=True, cancel_futures=True)
     summary.shards = [os.path.join(output_dir, n) for n in names]
     summary.shard_records = dict(zip(names, counts))
     summary.seconds = time.time() - start
