@@ -212,3 +212,113 @@ def test_cli_reports_bad_files_and_fails_above_max_bad_fraction(photo_dirs, tmp_
     summary = json.loads(proc.stdout)
     assert summary["num_bad"] == 1 and summary["splits"]["train"]["written"] == 5
     assert len(tf.io.gfile.glob(f"{out}/train-*")) == 2
+
+
+def _tiny_jpeg(path, seed=0, fmt="JPEG"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, fmt)
+
+
+def test_cli_lists_and_skips_dangling_links_fifos_and_unreadable_files_without_opening_them(
+        tmp_path):
+    """A FIFO opened for reading blocks until a writer comes: before this check the converter
+    hung on one; a dangling link stopped the whole run with NotFoundError."""
+    train = tmp_path / "train"
+    for i in range(2):
+        _tiny_jpeg(train / "a" / f"{i}.jpg", i)
+        _tiny_jpeg(train / "b" / f"{i}.jpg", 10 + i)
+    os.symlink(tmp_path / "gone.jpg", train / "a" / "dangling.jpg")
+    os.mkfifo(train / "a" / "fifo.jpg")
+    os.symlink("loop.jpg", train / "b" / "loop.jpg")  # a link to itself: listed, cannot be read
+    _tiny_jpeg(train / "b" / "locked.jpg", 20)
+    os.chmod(train / "b" / "locked.jpg", 0)
+    root = os.geteuid() == 0  # root reads a mode-000 file anyway
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "efficientnet_tf.data.convert", f"--train_dir={train}",
+           f"--output_dir={out}", "--train_shards=2", "--max_bad_fraction=1", "--num_workers=1",
+           "--progress=false"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    not_opened = {"dangling.jpg": "dangling symlink", "fifo.jpg": "not a regular file (FIFO)",
+                  "loop.jpg": "cannot stat"}
+    if not root:
+        not_opened["locked.jpg"] = "permission denied"
+    for name, why in not_opened.items():
+        line = next(ln for ln in proc.stderr.splitlines() if name in ln)
+        assert line.startswith("bad image skipped:") and why in line, line
+    summary = json.loads(proc.stdout)["splits"]["train"]
+    assert summary["not_opened"] == summary["bad"] == len(not_opened)
+    assert summary["written"] == 4 + root and summary["inputs"] == 4 + 1 + 3
+    info = json.load(open(out / "dataset_info.json"))
+    assert sum(info["shards"].values()) == 4 + root
+
+
+def test_webp_and_images_in_nested_sub_folders_are_included_and_counted(tmp_path):
+    train = tmp_path / "train"
+    _tiny_jpeg(train / "a" / "top.jpg", 1)
+    _tiny_jpeg(train / "a" / "2019" / "summer" / "deep.webp", 2, "WEBP")
+    _tiny_jpeg(train / "b" / "top.png", 3, "PNG")
+    _tiny_jpeg(train / "b" / "more" / "nested.jpg", 4)
+    (train / "b" / "more" / "notes.txt").write_text("not an image")
+    webp_bytes = (train / "a" / "2019" / "summer" / "deep.webp").read_bytes()
+    assert tf.io.decode_image(webp_bytes, expand_animations=False).shape == (8, 8, 3)
+    summary = convert.convert_folder(str(train), str(tmp_path / "out"), train_shards=1,
+                                     progress=False)
+    s = summary.splits["train"]
+    assert (s.num_written, s.num_from_subfolders, s.num_ignored, s.bad) == (4, 2, 1, [])
+    assert summary.as_dict()["splits"]["train"]["from_subfolders"] == 2
+    records = {r["image/filename"].numpy().decode(): r for r in _records(f"{tmp_path}/out/train-*")}
+    assert sorted(records) == ["deep.webp", "nested.jpg", "top.jpg", "top.png"]
+    webp = records["deep.webp"]
+    assert webp["image/class/synset"].numpy() == b"a" and int(webp["image/class/label"]) == 1
+    assert tf.io.decode_jpeg(webp["image/encoded"]).shape == (8, 8, 3)  # re-encoded as JPEG
+
+
+def test_a_class_folder_that_links_to_another_class_is_refused(tmp_path):
+    train = tmp_path / "train"
+    _tiny_jpeg(train / "cat" / "1.jpg")
+    _tiny_jpeg(train / "dog" / "1.jpg", 1)
+    os.symlink(train / "cat", train / "kitten")
+    with pytest.raises(ValueError, match="'cat' and 'kitten' .* same folder"):
+        convert.convert_folder(str(train), str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()  # refused before writing anything
+    os.remove(train / "kitten")
+    os.symlink(train / "dog", train / "cat" / "dogs")  # a sub-folder linking to another class
+    with pytest.raises(ValueError, match="dog .* same folder"):
+        convert.convert_folder(str(train), str(tmp_path / "out"), progress=False)
+
+
+def test_dataset_info_lists_every_shard_and_is_removed_first_and_written_last(tmp_path,
+                                                                              monkeypatch):
+    train = tmp_path / "train"
+    for i in range(6):
+        _tiny_jpeg(train / "ab"[i % 2] / f"{i}.jpg", i)
+    out = tmp_path / "out"
+    renamed, real_rename = [], tf.io.gfile.rename
+    monkeypatch.setattr(tf.io.gfile, "rename",
+                        lambda a, b, overwrite=False: (renamed.append(os.path.basename(b)),
+                                                       real_rename(a, b, overwrite))[1])
+    convert.convert_folder(str(train), str(out), train_shards=3, validation_fraction=0.4,
+                           progress=False)
+    info = json.load(open(out / "dataset_info.json"))
+    shards = sorted(n for n in os.listdir(out) if n.startswith(("train-", "validation-")))
+    assert sorted(info["shards"]) == shards and len(shards) == 3 + 2
+    for split in ("train", "validation"):
+        assert sum(c for n, c in info["shards"].items() if n.startswith(split)) \
+            == info["splits"][split]["num_examples"]
+    assert renamed[-1] == "dataset_info.json" and set(shards) <= set(renamed[:-1])
+    # A second run that dies leaves no dataset_info.json: the old one would vouch for new files.
+    real, calls = convert._convert_item, []
+
+    def crashing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args)
+    monkeypatch.setattr(convert, "_convert_item", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        convert.convert_folder(str(train), str(out), train_shards=3, validation_fraction=0.4,
+                               progress=False, num_workers=1)
+    assert not (out / "dataset_info.json").exists()

@@ -1,4 +1,5 @@
 """tf.data pipeline on real converted data: shapes, dtypes, order, sharding, tfds, strategies."""
+import json
 import os
 import shutil
 
@@ -214,3 +215,110 @@ def test_config_contradicting_dataset_info_is_a_clear_error(fm_dir):
         build_dataset(_config(fm_dir, num_classes=7), "train", 8)
     with pytest.raises(ValueError, match="label_offset=1 but the config has data.label_offset=0"):
         build_dataset(_config(fm_dir, label_offset=0), "validation", 8)
+
+
+def _tiny_converted(root, monkeypatch=None, crash_at=None):
+    """8 tiny JPEGs of 2 classes -> 4 train shards of 2 (one writer, in order) and 1 validation
+    shard; crash_at=k stops the converter at its k-th image, as a killed run would."""
+    from PIL import Image
+    for i in range(10):
+        path = root / "photos" / "ab"[i % 2] / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(path)
+    if crash_at:
+        real, calls = convert._convert_item, []
+
+        def crashing(*args):
+            calls.append(1)
+            if len(calls) == crash_at:
+                raise KeyboardInterrupt("simulated kill")
+            return real(*args)
+        monkeypatch.setattr(convert, "_convert_item", crashing)
+    out = root / "out"
+    convert.convert_folder(str(root / "photos"), str(out), train_shards=4, validation_shards=1,
+                           validation_fraction=0.2, num_workers=1, progress=False)
+    return out
+
+
+def _tiny_config(data_dir, **kw):
+    return DataConfig(data_dir=str(data_dir), image_size=8, num_classes=2, crop_padding=0, **kw)
+
+
+def _count(data_dir, split, **kw):
+    return sum(int(y.shape[0]) for _, y in build_dataset(_tiny_config(data_dir, **kw), split, 2,
+                                                         repeat=False, drop_remainder=False))
+
+
+def test_a_converted_folder_missing_a_listed_shard_is_refused_naming_it(tmp_path):
+    out = _tiny_converted(tmp_path)
+    assert _count(out, "train") == 8 and _count(out, "validation") == 2
+    kept = (out / "train-00002-of-00004").read_bytes()
+    os.remove(out / "train-00002-of-00004")
+    with pytest.raises(ValueError, match=r"1 are missing: train-00002-of-00004\. .*re-run the "
+                                         r"converter \(python -m efficientnet_tf.data.convert"):
+        build_dataset(_tiny_config(out), "train", 2)
+    assert _count(out, "validation") == 2  # the other split is whole
+    (out / "train-00002-of-00004").write_bytes(b"")
+    with pytest.raises(ValueError, match="train-00002-of-00004 are empty but dataset_info.json"):
+        build_dataset(_tiny_config(out), "train", 2)
+    (out / "train-00002-of-00004").write_bytes(kept)
+    shutil.copy(out / "train-00000-of-00004", out / "train-00000-of-00004.bak")
+    with pytest.raises(ValueError, match=r"train-00000-of-00004\.bak match 'train-\*' but are not"):
+        build_dataset(_tiny_config(out), "train", 2)
+
+
+def test_without_dataset_info_a_gap_in_the_of_names_is_refused(tmp_path, capfd):
+    out = _tiny_converted(tmp_path)
+    os.remove(out / "dataset_info.json")
+    assert _count(out, "train") == 8
+    assert "checked by their -NNNNN-of-MMMMM names only" in capfd.readouterr().err
+    os.remove(out / "train-00001-of-00004")
+    with pytest.raises(ValueError,
+                       match="1 of the 4 train shards are missing: train-00001-of-00004"):
+        build_dataset(_tiny_config(out), "train", 2)
+
+
+def test_an_old_dataset_info_without_a_shard_list_falls_back_to_the_name_check(tmp_path):
+    out = _tiny_converted(tmp_path)
+    info = json.loads((out / "dataset_info.json").read_text())
+    del info["shards"]
+    (out / "dataset_info.json").write_text(json.dumps(info))
+    assert _count(out, "train") == 8
+    os.remove(out / "train-00003-of-00004")
+    with pytest.raises(ValueError, match="missing: train-00003-of-00004"):
+        build_dataset(_tiny_config(out), "train", 2)
+
+
+def test_a_converter_killed_mid_split_leaves_a_folder_that_is_refused(tmp_path, monkeypatch, capfd):
+    """Killed at the 5th train image: shards 0 and 1 are whole, 2 was a hidden temporary file,
+    dataset_info.json was never written. The name check names the shards that never came."""
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_converted(tmp_path, monkeypatch, crash_at=5)
+    out = tmp_path / "out"
+    assert sorted(n for n in os.listdir(out)) == ["train-00000-of-00004", "train-00001-of-00004"]
+    with pytest.raises(ValueError, match="2 of the 4 train shards are missing: "
+                                         "train-00002-of-00004, train-00003-of-00004"):
+        build_dataset(_tiny_config(out), "train", 2)
+    # Killed later, in the validation split: the train shards are all there and are read (with
+    # the line saying only their names were checked); validation has none.
+    monkeypatch.undo()
+    shutil.rmtree(out)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_converted(tmp_path, monkeypatch, crash_at=9)
+    assert not (out / "dataset_info.json").exists()
+    capfd.readouterr()
+    assert _count(out, "train") == 8
+    assert "checked by their -NNNNN-of-MMMMM names only" in capfd.readouterr().err
+    with pytest.raises(ValueError, match="no validation files match"):
+        build_dataset(_tiny_config(out), "validation", 2)
+
+
+def test_files_of_other_names_are_read_as_they_are_with_a_log_line(tmp_path, capfd):
+    out = _tiny_converted(tmp_path)
+    os.mkdir(tmp_path / "mine")
+    for i, name in enumerate(sorted(n for n in os.listdir(out) if n.startswith("train-"))):
+        shutil.copy(out / name, tmp_path / "mine" / f"part-{'abcd'[i]}.tfrecord")
+    capfd.readouterr()
+    assert _count(tmp_path / "mine", "train", train_file_pattern="part-*") == 8
+    err = capfd.readouterr().err
+    assert "no completeness check possible for 4 file(s) matching 'part-*'" in err

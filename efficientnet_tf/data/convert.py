@@ -7,12 +7,16 @@ r"""Image folders or IDX files -> sharded TFRecords in the TPU reference's forma
         --train_shards=1024 --validation_shards=128
 
 Output: train-00000-of-NNNNN, validation-00000-of-NNNNN, labels.txt (one synset per line, in
-label order), labels.json and dataset_info.json (example counts, label offset). Stored labels
-are 1-based like ImageNet's files (read them with label_offset=1).
+label order), labels.json and dataset_info.json (example counts, label offset, every shard's
+name and record count). Stored labels are 1-based like ImageNet's files (read them with
+label_offset=1).
 
-Good RGB JPEGs are stored byte for byte; PNG/GIF/BMP, CMYK and grayscale JPEGs and IDX arrays
-are re-encoded as RGB JPEG. Unreadable images are reported and skipped. Each shard is written
-under a hidden temporary name and renamed when complete.
+Good RGB JPEGs are stored byte for byte; PNG/GIF/BMP/WebP, CMYK and grayscale JPEGs and IDX
+arrays are re-encoded as RGB JPEG. Unreadable images are reported and skipped; dangling links,
+FIFOs and other non-regular files are reported and never opened. Images in sub-folders of a
+class folder belong to that class. Each shard is written under a hidden temporary name and
+renamed when complete; dataset_info.json is removed first and written last, so a folder that
+has it is complete (the reader checks its shards against it).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import json
 import os
 import random
 import re
+import stat
 import sys
 import threading
 import time
@@ -33,7 +38,7 @@ import tensorflow as tf
 
 from efficientnet_tf.data import tfrecord
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                        "Sneaker", "Bag", "Ankle boot")
 LABEL_OFFSET = 1  # stored label = class index + 1, as in ImageNet's TFRecords
@@ -54,8 +59,12 @@ class SplitSummary:
     num_written: int = 0
     num_kept: int = 0  # JPEG bytes stored unchanged
     num_reencoded: int = 0
-    bad: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    bad: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # incl. not_opened
     shards: list[str] = dataclasses.field(default_factory=list)
+    shard_records: dict[str, int] = dataclasses.field(default_factory=dict)  # by file name
+    num_not_opened: int = 0  # dangling links, FIFOs, ...: listed in bad, never opened
+    num_from_subfolders: int = 0  # images found in sub-folders of a class folder
+    num_ignored: int = 0  # files without an image extension
     seconds: float = 0.0
 
 
@@ -82,7 +91,9 @@ class ConversionSummary:
             "bad_fraction": round(self.bad_fraction, 6),
             "splits": {k: {"inputs": s.num_inputs, "written": s.num_written, "kept_jpeg": s.num_kept,
                            "reencoded": s.num_reencoded, "bad": len(s.bad),
-                           "shards": len(s.shards), "seconds": round(s.seconds, 2)}
+                           "not_opened": s.num_not_opened, "from_subfolders": s.num_from_subfolders,
+                           "ignored": s.num_ignored, "shards": len(s.shards),
+                           "seconds": round(s.seconds, 2)}
                        for k, s in self.splits.items()},
         }
 
@@ -137,9 +148,10 @@ def _short(message: str) -> str:
 
 def read_idx(path: str) -> np.ndarray:
     """Reads an IDX file (optionally gzipped), e.g. MNIST's train-images-idx3-ubyte.gz."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         raw = f.read()
+    if path.endswith(".gz"):
+        raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic {raw[:4]!r})")
     ndim = raw[3]
@@ -154,7 +166,7 @@ def _find_idx(idx_dir: str, prefix: str, kind: str) -> str:
     for name in (f"{prefix}-{kind}-ubyte.gz", f"{prefix}-{kind}-ubyte",
                  f"{prefix}-{kind}.ubyte.gz", f"{prefix}-{kind}.ubyte"):
         path = os.path.join(idx_dir, name)
-        if os.path.exists(path):
+        if tf.io.gfile.exists(path):
             return path
     raise ValueError(f"no {prefix}-{kind}-ubyte[.gz] in {idx_dir}: expected MNIST-style IDX files "
                      "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...)")
@@ -172,17 +184,81 @@ def idx_class_names(idx_dir: str, label_names: str | Sequence[str] = "auto") -> 
     return [n.strip() for n in label_names.split(",")]
 
 
-def _list_images(directory: str) -> tuple[list[str], int]:
-    files, ignored = [], 0
-    for name in sorted(tf.io.gfile.listdir(directory)):
+@dataclasses.dataclass
+class Listing:
+    """Image files under a folder, and what was left out."""
+    files: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # never opened
+    from_subfolders: list[str] = dataclasses.field(default_factory=list)  # within files
+    ignored: int = 0  # other extensions
+
+    def add(self, other: "Listing") -> None:
+        self.files += other.files
+        self.skipped += other.skipped
+        self.from_subfolders += other.from_subfolders
+        self.ignored += other.ignored
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why a local path cannot be read as a file (without opening it), or None if it can."""
+    if not _is_local(path):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"dangling symlink to {os.readlink(path)}; not opened"
+        return "vanished after listing; not opened"
+    except OSError as e:
+        return f"cannot stat ({e.strerror}); not opened"
+    if not stat.S_ISREG(mode):
+        kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+                else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+        return f"not a regular file ({kind}); not opened"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied); not opened"
+    return None
+
+
+def _scan(directory: str, recursive: bool = True,
+          seen: dict[str, str] | None = None) -> Listing:
+    """Image files under directory (sorted; sub-folders too when recursive). Local folders
+    reached twice through symlinks (`seen`: realpath -> first path) are a ValueError."""
+    if seen is not None and _is_local(directory):
+        real = os.path.realpath(directory)
+        if real in seen:
+            raise ValueError(f"{directory} and {seen[real]} are the same folder (a symlink): its "
+                             "images would be read twice, maybe under two classes; remove the "
+                             "link or make it a real copy")
+        seen[real] = directory
+    listing = Listing()
+    for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(directory)):
         path = os.path.join(directory, name)
         if tf.io.gfile.isdir(path):
+            if recursive:
+                sub = _scan(path, True, seen)
+                sub.from_subfolders = list(sub.files)  # every file below this level
+                listing.add(sub)
             continue
-        if name.lower().endswith(IMAGE_EXTENSIONS):
-            files.append(path)
+        if not name.lower().endswith(IMAGE_EXTENSIONS):
+            listing.ignored += 1
+            continue
+        why = _not_a_file(path)
+        if why:
+            listing.skipped.append((path, why))
         else:
-            ignored += 1
-    return files, ignored
+            listing.files.append(path)
+    return listing
+
+
+def _list_images(directory: str) -> tuple[list[str], int]:
+    """(image files under directory, sub-folders included; number of other files)."""
+    listing = _scan(directory)
+    return listing.files, listing.ignored
 
 
 def _class_dirs(directory: str) -> list[str]:
@@ -190,16 +266,33 @@ def _class_dirs(directory: str) -> list[str]:
                   if tf.io.gfile.isdir(os.path.join(directory, n)))
 
 
-def _folder_items(directory: str, classes: list[str]) -> list[Item]:
+def _check_distinct(directory: str, classes: list[str]) -> None:
+    """ValueError when two local class folders are one folder (a symlink to another class)."""
+    if not _is_local(directory):
+        return
+    first: dict[str, str] = {}
+    for cls in classes:
+        real = os.path.realpath(os.path.join(directory, cls))
+        if real in first:
+            raise ValueError(f"class folders {first[real]!r} and {cls!r} in {directory} are the "
+                             "same folder (one is a symlink to the other): its images would get "
+                             "two labels; remove the link or merge the classes")
+        first[real] = cls
+
+
+def _folder_items(directory: str, classes: list[str]) -> tuple[list[Item], Listing]:
     index = {c: i for i, c in enumerate(classes)}
-    items = []
-    for cls in _class_dirs(directory):
+    found = _class_dirs(directory)
+    _check_distinct(directory, found)
+    items, total, seen = [], Listing(), {}
+    for cls in found:
         if cls not in index:
             raise ValueError(f"class folder {cls!r} in {directory} is not one of the training "
                              f"classes ({len(classes)} found under the train folder)")
-        files, _ = _list_images(os.path.join(directory, cls))
-        items += [Item(f, index[cls]) for f in files]
-    return items
+        listing = _scan(os.path.join(directory, cls), seen=seen)
+        items += [Item(f, index[cls]) for f in listing.files]
+        total.add(listing)
+    return items, total
 
 
 def _hold_out(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
@@ -217,10 +310,13 @@ def _hold_out(items: list[Item], fraction: float, seed: int) -> tuple[list[Item]
     return train, held
 
 
-def _labelled_items(directory: str, label_file: str, classes: list[str]) -> list[Item]:
+def _labelled_items(directory: str, label_file: str,
+                    classes: list[str]) -> tuple[list[Item], Listing]:
     """Flat folder + label file: one synset per line (sorted file order, like ImageNet's
-    validation labels) or 'filename synset' / 'filename,synset' per line."""
-    files, _ = _list_images(directory)
+    validation labels) or 'filename synset' / 'filename,synset' per line. Files that cannot
+    be opened keep their line and are left out."""
+    listing = _scan(directory, recursive=False)
+    files = sorted(listing.files + [p for p, _ in listing.skipped])
     with tf.io.gfile.GFile(label_file) as f:
         lines = [ln.strip() for ln in f if ln.strip()]
     index = {c: i for i, c in enumerate(classes)}
@@ -241,7 +337,8 @@ def _labelled_items(directory: str, label_file: str, classes: list[str]) -> list
     unknown = sorted({s for _, s in named if s not in index})
     if unknown:
         raise ValueError(f"{label_file} uses labels that are not training classes: {unknown[:5]}")
-    return [Item(f, index[s]) for f, s in named]
+    skipped = {p for p, _ in listing.skipped}
+    return [Item(f, index[s]) for f, s in named if f not in skipped], listing
 
 
 # ---------------------------------------------------------------------------- writing
@@ -290,19 +387,31 @@ def _convert_item(item: Item, classes: list[str], quality: int) -> tuple[tf.trai
     if item.array is not None:
         data, (h, w), reencoded = encode_array(item.array, quality), item.array.shape[:2], True
     else:
-        with tf.io.gfile.GFile(item.source, "rb") as f:
-            raw = f.read()
+        try:
+            with tf.io.gfile.GFile(item.source, "rb") as f:
+                raw = f.read()
+        except tf.errors.OpError as e:  # gone or unreadable since it was listed
+            raise ImageError(f"cannot read: {_short(e.message)}") from None
         data, h, w, reencoded = encode_image(raw, quality)
     example = tfrecord.make_example(data, item.label + LABEL_OFFSET, h, w, synset=classes[item.label],
                                     filename=os.path.basename(item.source))
     return example, reencoded
 
 
+class _Stopped(Exception):
+    """Another shard failed: this one stops unfinished."""
+
+
 def _write_shard(items: list[Item], path: str, tmp: str, classes: list[str], quality: int,
-                 summary: SplitSummary, lock: threading.Lock, progress: _Progress) -> None:
+                 summary: SplitSummary, lock: threading.Lock, progress: _Progress,
+                 stop: threading.Event) -> int:
+    """Writes one shard under tmp, renames it to path; returns its record count."""
+    written = 0
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
             for item in items:
+                if stop.is_set():
+                    raise _Stopped(path)
                 try:
                     example, reencoded = _convert_item(item, classes, quality)
                 except ImageError as e:
@@ -311,6 +420,7 @@ def _write_shard(items: list[Item], path: str, tmp: str, classes: list[str], qua
                     progress.update()
                     continue
                 writer.write(example.SerializeToString())
+                written += 1
                 with lock:
                     summary.num_written += 1
                     summary.num_reencoded += int(reencoded)
@@ -318,9 +428,22 @@ def _write_shard(items: list[Item], path: str, tmp: str, classes: list[str], qua
                 progress.update()
         tf.io.gfile.rename(tmp, path, overwrite=True)
     except BaseException:
+        stop.set()
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
         raise
+    return written
+
+
+def _stale_files(output_dir: str, split: str, names: list[str], overwrite: bool) -> list[str]:
+    """Other split-* files in output_dir; ValueError unless overwrite."""
+    stale = [n for n in tf.io.gfile.glob(os.path.join(output_dir, f"{split}-*"))
+             if os.path.basename(n) not in names]
+    if stale and not overwrite:
+        raise ValueError(f"{output_dir} already holds {len(stale)} other {split}-* files (e.g. "
+                         f"{os.path.basename(stale[0])}) that a reader would mix with the new ones;"
+                         " remove them or pass overwrite=True (--overwrite)")
+    return stale
 
 
 def write_split(items: list[Item], output_dir: str, split: str, num_shards: int, classes: list[str],
@@ -329,26 +452,29 @@ def write_split(items: list[Item], output_dir: str, split: str, num_shards: int,
     """Writes items in the given order to `num_shards` contiguous shards, in parallel."""
     num_shards = max(1, min(num_shards, len(items)))
     names = _shard_names(split, num_shards)
-    stale = [n for n in tf.io.gfile.glob(os.path.join(output_dir, f"{split}-*"))
-             if os.path.basename(n) not in names]
-    if stale and not overwrite:
-        raise ValueError(f"{output_dir} already holds {len(stale)} other {split}-* files (e.g. "
-                         f"{os.path.basename(stale[0])}) that a reader would mix with the new ones;"
-                         " remove them or pass overwrite=True (--overwrite)")
+    stale = _stale_files(output_dir, split, names, overwrite)
     for path in stale + tf.io.gfile.glob(os.path.join(output_dir, f".tmp-{split}-*")):
         tf.io.gfile.remove(path)
     summary = SplitSummary(split, num_inputs=len(items))
     lock, bar = threading.Lock(), _Progress(split, len(items), progress)
     start = time.time()
     bounds = [len(items) * i // num_shards for i in range(num_shards + 1)]
-    with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
+    pool, stop = concurrent.futures.ThreadPoolExecutor(max(1, num_workers)), threading.Event()
+    try:
         futures = [pool.submit(_write_shard, items[bounds[i]:bounds[i + 1]],
                                os.path.join(output_dir, name), _tmp_path(output_dir, name),
-                               classes, quality, summary, lock, bar)
+                               classes, quality, summary, lock, bar, stop)
                    for i, name in enumerate(names)]
-        for f in futures:
-            f.result()  # re-raises the first failure
+        concurrent.futures.wait(futures)
+        errors = [f.exception() for f in futures if f.exception()]
+        if errors:  # the first real failure, not the shards it stopped
+            raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+        counts = [f.result() for f in futures]
+    finally:
+        stop.set()  # after a failure or an interrupt: no shard goes on or starts
+        pool.shutdown(wait=True, cancel_futures=True)
     summary.shards = [os.path.join(output_dir, n) for n in names]
+    summary.shard_records = dict(zip(names, counts))
     summary.seconds = time.time() - start
     return summary
 
@@ -364,22 +490,41 @@ def _write_metadata(output_dir: str, classes: list[str], names: list[str] | None
     write_text_atomic(os.path.join(output_dir, "dataset_info.json"), json.dumps({
         "num_classes": len(classes), "label_offset": LABEL_OFFSET,
         "splits": {k: {"num_examples": s.num_written, "num_shards": len(s.shards),
-                       "file_pattern": f"{k}-*"} for k, s in splits.items()}}, indent=1))
+                       "file_pattern": f"{k}-*"} for k, s in splits.items()},
+        "shards": {n: c for s in splits.values() for n, c in s.shard_records.items()}}, indent=1))
 
 
 def _finish(output_dir, classes, names, items_by_split, shards, seed, limit, quality,
-            num_workers, progress, overwrite) -> ConversionSummary:
+            num_workers, progress, overwrite, listings=None) -> ConversionSummary:
     tf.io.gfile.makedirs(output_dir)
-    splits = {}
     for split, items in items_by_split.items():
         if split == "train":
             random.Random(seed).shuffle(items)
         if limit:
-            items = items[:limit]
+            items_by_split[split] = items = items[:limit]
         if not items:
             raise ValueError(f"no images found for the {split} split")
-        splits[split] = write_split(items, output_dir, split, shards[split], classes, quality,
-                                    num_workers, progress, overwrite)
+        count = max(1, min(shards[split], len(items)))
+        _stale_files(output_dir, split, _shard_names(split, count), overwrite)
+    # Removed before the first shard is touched, written after the last: a folder with it is
+    # complete.
+    info = os.path.join(output_dir, "dataset_info.json")
+    if tf.io.gfile.exists(info):
+        tf.io.gfile.remove(info)
+    listings = listings or {}
+    nested = {p for listing in listings.values() for p in listing.from_subfolders}
+    splits = {}
+    for split, items in items_by_split.items():
+        summary = write_split(items, output_dir, split, shards[split], classes, quality,
+                              num_workers, progress, overwrite)
+        listing = listings.get(split)
+        if listing:
+            summary.bad = listing.skipped + summary.bad
+            summary.num_inputs += len(listing.skipped)
+            summary.num_not_opened = len(listing.skipped)
+            summary.num_ignored = listing.ignored
+        summary.num_from_subfolders = sum(it.source in nested for it in items)
+        splits[split] = summary
     _write_metadata(output_dir, classes, names, splits)
     return ConversionSummary(output_dir, len(classes), splits)
 
@@ -425,23 +570,26 @@ def convert_folder(train_dir: str, output_dir: str, *, validation_dir: str | Non
     if len(classes) < min_classes:
         raise ValueError(f"{train_dir} has {len(classes)} class folder(s) ({', '.join(classes)}); "
                          f"a classifier needs at least {min_classes}: one sub-folder per class.")
-    items = {"train": _folder_items(train_dir, classes)}
+    items, listings = {}, {}
+    items["train"], listings["train"] = _folder_items(train_dir, classes)
     if not items["train"]:
+        skipped = "".join(f"; not opened: {p} ({why})" for p, why in listings["train"].skipped[:5])
         raise ValueError(f"no images in the class folders of {train_dir} (extensions: "
-                         f"{', '.join(IMAGE_EXTENSIONS)})")
+                         f"{', '.join(IMAGE_EXTENSIONS)}){skipped}")
     if validation_fraction and not validation_dir:
         items["train"], items["validation"] = _hold_out(items["train"], validation_fraction, seed)
     shards = {"train": train_shards, "validation": validation_shards}
     if validation_dir:
         if validation_labels:
-            items["validation"] = _labelled_items(validation_dir, validation_labels, classes)
+            items["validation"], listings["validation"] = _labelled_items(
+                validation_dir, validation_labels, classes)
         elif _class_dirs(validation_dir):
-            items["validation"] = _folder_items(validation_dir, classes)
+            items["validation"], listings["validation"] = _folder_items(validation_dir, classes)
         else:
             raise ValueError(f"{validation_dir} has no class sub-folders; give a label file "
                              "(--validation_labels) for a flat validation folder")
     return _finish(output_dir, classes, None, items, shards, seed, max_examples, quality,
-                   num_workers, progress, overwrite)
+                   num_workers, progress, overwrite, listings)
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -8,12 +8,18 @@ Sources: TFRecords in the imagenet_to_gcs format (see tfrecord.py and convert.py
 tensorflow-datasets data dir (data_dir="tfds:<name>" or "tfds:<name>:<tfds_data_dir>"), or
 synthetic random data (synthetic=True) for measuring step time without any files.
 Pixels come out in [0, 255]; normalization is in the model.
+
+A TFRecord folder is read whole or refused (check_complete): the shards that dataset_info.json
+lists, or without it every index of files named <name>-NNNNN-of-MMMMM, must be there.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
+import re
+import sys
 
 import tensorflow as tf
 
@@ -39,7 +45,13 @@ def _tfds_name_and_dir(data_dir: str) -> tuple[str, str | None]:
 
 
 def list_files(config: DataConfig, split: str) -> list[str]:
-    """Sorted TFRecord files of a split; ValueError naming pattern and folder when none match."""
+    """Sorted TFRecord files of a split; ValueError naming pattern and folder when none match
+    or when shards are missing (check_complete)."""
+    return _checked_files(config, split)[0]
+
+
+def _checked_files(config: DataConfig, split: str) -> tuple[list[str], list[int] | None]:
+    """(files, their sizes in bytes when they had to be read for the check, else None)."""
     pattern = config.train_file_pattern if _split(split) == "train" else config.eval_file_pattern
     files = sorted(tf.io.gfile.glob(os.path.join(config.data_dir, pattern)))
     if not files:
@@ -48,7 +60,77 @@ def list_files(config: DataConfig, split: str) -> list[str]:
             f"`python -m efficientnet_tf.data.convert --output_dir={config.data_dir} "
             "(--train_dir=... | --idx_dir=...)`, set the file pattern, use data_dir='tfds:<name>' "
             "or synthetic=True.")
-    return files
+    return files, check_complete(config.data_dir, pattern, files)
+
+
+_SHARD_NAME = re.compile(r"^(.+)-(\d+)-of-(\d+)$")
+
+
+def _incomplete(data_dir: str, what: str) -> ValueError:
+    return ValueError(
+        f"{data_dir} is incomplete: {what}. The conversion did not finish or files were removed;"
+        f" re-run the converter (python -m efficientnet_tf.data.convert --output_dir={data_dir}"
+        " ... --overwrite) or restore the files.")
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
+def check_complete(data_dir: str, pattern: str, files: list[str]) -> list[int] | None:
+    """ValueError naming the missing shards when the files matching pattern are not a whole split.
+
+    With dataset_info.json listing its shards (the converter writes it last): every listed
+    shard that pattern matches must be there, and not empty when it holds records; none other
+    may match. Otherwise files named <name>-NNNNN-of-MMMMM must have every index 0..MMMMM-1 of
+    one MMMMM. Other names are read as they are, with a line on stderr saying so. Returns the
+    files' sizes when they were read for the check, else None.
+    """
+    names = [os.path.basename(f) for f in files]
+    listed = (read_dataset_info(data_dir) or {}).get("shards") or {}
+    listed = {n: int(c) for n, c in listed.items()
+              if "/" not in pattern and fnmatch.fnmatchcase(n, pattern)}
+    if listed:
+        missing = sorted(set(listed) - set(names))
+        if missing:
+            raise _incomplete(data_dir, f"dataset_info.json lists {len(listed)} shards matching "
+                              f"{pattern!r} but {len(missing)} are missing: {_some(missing)}")
+        extra = sorted(set(names) - set(listed))
+        if extra:
+            raise _incomplete(data_dir, f"{_some(extra)} match {pattern!r} but are not among the "
+                              "shards dataset_info.json lists (files of another conversion?)")
+        sizes = bad_records.file_sizes(files)
+        empty = [n for n, size in zip(names, sizes) if size == 0 and listed[n] > 0]
+        if empty:
+            raise _incomplete(data_dir, f"shards {_some(empty)} are empty but dataset_info.json "
+                              "says they hold records")
+        return sizes
+    groups: dict[str, dict[str, set[int]]] = {}  # name -> MMMMM -> indices
+    other = []
+    for name in names:
+        m = _SHARD_NAME.match(name)
+        if m:
+            groups.setdefault(m[1], {}).setdefault(m[3], set()).add(int(m[2]))
+        else:
+            other.append(name)
+    for prefix, by_total in sorted(groups.items()):
+        if len(by_total) > 1:
+            raise _incomplete(data_dir, f"{prefix}-*-of-* files of {len(by_total)} shard counts "
+                              f"({', '.join(sorted(by_total))}) are mixed")
+        (total, have), = by_total.items()
+        missing = [f"{prefix}-{i:0{len(total)}d}-of-{total}" for i in range(int(total))
+                   if i not in have]
+        if missing:
+            raise _incomplete(data_dir, f"{len(missing)} of the {int(total)} {prefix} shards are "
+                              f"missing: {_some(missing)}")
+    if other:
+        print(f"{data_dir}: no completeness check possible for {len(other)} file(s) matching "
+              f"{pattern!r} (e.g. {other[0]}): no shard list in dataset_info.json and not named "
+              "<name>-NNNNN-of-MMMMM; reading them as they are.", file=sys.stderr)
+    else:
+        print(f"{data_dir}: no shard list in dataset_info.json; the {len(names)} files matching "
+              f"{pattern!r} were checked by their -NNNNN-of-MMMMM names only.", file=sys.stderr)
+    return None
 
 
 def read_dataset_info(data_dir: str) -> dict | None:
@@ -74,8 +156,8 @@ def check_dataset_info(config: DataConfig) -> None:
 def _tfrecord_source(config, split, is_train, input_context, counts) -> tf.data.Dataset:
     """(encoded image, int32 label) per record, file-sharded per input pipeline."""
     check_dataset_info(config)
-    files = list_files(config, split)
-    ds = tf.data.Dataset.from_tensor_slices((files, bad_records.file_sizes(files)))
+    files, sizes = _checked_files(config, split)
+    ds = tf.data.Dataset.from_tensor_slices((files, sizes or bad_records.file_sizes(files)))
     record_shard = False
     if input_context and input_context.num_input_pipelines > 1:
         if len(files) >= input_context.num_input_pipelines:
