@@ -334,6 +334,39 @@ def test_bad_bytes_are_invalid_argument_errors(loaded, images):
     assert serve(image_bytes=tf.constant(images["bytes"][:1]))["classes"].shape == (1,)
 
 
+def test_serving_float_refuses_another_image_size(loaded, images):
+    """Before, the loaded signature ran a 40x40 batch through the model without a word."""
+    serve = loaded.signatures["serving_float"]
+    wrong = tf.zeros([2, SIZE + 8, SIZE + 8, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"images must be \[batch, {SIZE}, {SIZE}, 3\].*got shape\] "
+                             rf"\[2 {SIZE + 8} {SIZE + 8} 3\]"):
+        serve(images=wrong)
+    assert serve(images=tf.constant(images["float"]))["classes"].shape == (3,)
+
+
+def test_empty_batch_gives_empty_outputs(loaded, export_path, tmp_path):
+    """Before, 0 images failed inside the model ("Incompatible shapes: [8] vs. [0,32,32,3]")."""
+    feeds = {"serving_default": {"image_bytes": tf.zeros([0], tf.string)},
+             "serving_image_tensor": {"image_tensor": tf.zeros([0, 50, 60, 3], tf.uint8)},
+             "serving_float": {"images": tf.zeros([0, SIZE, SIZE, 3])}}
+    want = {"classes": ((0,), tf.int64), "probabilities": ((0, CLASSES), tf.float32),
+            "top_k_classes": ((0, TOP_K), tf.int64), "top_k_scores": ((0, TOP_K), tf.float32),
+            "class_names": ((0,), tf.string), "top_k_names": ((0, TOP_K), tf.string)}
+    for name, feed in feeds.items():
+        out = loaded.signatures[name](**feed)
+        assert {k: (tuple(v.shape), v.dtype) for k, v in out.items()} == want, name
+    # Through a TF1 Session too, as TF Serving runs it.
+    np.save(tmp_path / "empty.npy", np.zeros([0, SIZE, SIZE, 3], np.float32))
+    run = subprocess.run([CLI, "run", "--dir", export_path, "--tag_set", "serve",
+                          "--signature_def", "serving_float",
+                          "--inputs", f"images={tmp_path / 'empty.npy'}",
+                          "--outdir", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert np.load(tmp_path / "out" / "probabilities.npy").shape == (0, CLASSES)
+
+
 def test_softmax_models_are_not_softmaxed_twice():
     assert model_outputs_logits(_tiny_model(None)) is True
     soft = _tiny_model("softmax")

@@ -7,7 +7,10 @@ One SavedModel, three signatures traced with training=False:
 Each returns classes int64 [batch], probabilities float32 [batch, C], top_k_classes int64
 [batch, k], top_k_scores float32 [batch, k] and, with label names, class_names string [batch]
 and top_k_names string [batch, k]. The first two run the eval preprocessing of the training
-config (center crop, bicubic resize) inside the graph. SIGNATURE_TABLE defines them (TFLite takes
+config (center crop, bicubic resize) inside the graph. serving_float does not resize: images of
+another size fail with InvalidArgumentError naming the expected and the given shape (TF2's
+loaded signatures do not check the declared shape themselves). An empty batch (0 images) gives
+empty outputs ([0], [0, C], [0, k]) on every signature. SIGNATURE_TABLE defines them (TFLite takes
 serving_float from it); a new signature is one entry there.
 """
 from __future__ import annotations
@@ -59,6 +62,18 @@ def _crop_one(module, image):
                                                           module._resize_method)
 
 
+def _check_size(module, images):
+    """images as they are, after a run-time check that they are [batch, size, size, 3]."""
+    size = module._size
+    shape = tf.shape(images)
+    ok = tf.reduce_all(tf.equal(shape[1:3], [size, size]))
+    check = tf.debugging.Assert(ok, [f"serving_float: images must be [batch, {size}, {size}, 3] "
+                                     "(center-cropped and resized; serving_image_tensor takes "
+                                     "any size), got shape", shape], summarize=4)
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
 def _per_image(fn):
     """Maps fn(module, one image) over the batch: float32 [batch, size, size, 3]."""
     def preprocess(module, batch):
@@ -74,7 +89,7 @@ SIGNATURE_TABLE = (
     Signature("serving_image_tensor", "serve_image_tensor", "image_tensor", tf.uint8,
               lambda size: (None, None, None, 3), _per_image(_crop_one)),
     Signature("serving_float", "serve_float", "images", tf.float32,
-              lambda size: (None, size, size, 3), lambda module, images: images),
+              lambda size: (None, size, size, 3), _check_size),
 )
 SIGNATURES = tuple(s.name for s in SIGNATURE_TABLE)
 
@@ -126,6 +141,7 @@ class ServingModule(tf.Module):
         self.__dict__["model"] = model  # untracked
         self.model_variables = [getattr(v, "value", v) for v in model.variables]  # tf.Variables
         num_classes = int(model.outputs[0].shape[-1])
+        self._num_classes = num_classes
         self._size = int(image_size)
         self._crop_padding = int(crop_padding)
         self._resize_method = resize_method
@@ -158,7 +174,14 @@ class ServingModule(tf.Module):
         return {e.name: getattr(self, e.attr).get_concrete_function() for e in SIGNATURE_TABLE}
 
     def _outputs(self, images):
-        out = tf.cast(self.model(images, training=False), tf.float32)
+        def run():
+            return tf.cast(self.model(images, training=False), tf.float32)
+
+        if images.shape[0]:  # a fixed batch (TFLite)
+            out = run()
+        else:  # the model's convolutions fail on 0 images: skip it
+            out = tf.cond(tf.shape(images)[0] > 0, run,
+                          lambda: tf.zeros([0, self._num_classes], tf.float32))
         probs = tf.nn.softmax(out, axis=-1) if self._logits else out
         scores, idx = tf.math.top_k(probs, k=self._k)
         idx = tf.cast(idx, tf.int64)
