@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -398,6 +399,74 @@ def test_versions_and_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="resize_method"):
         export_saved_model(model, str(base), version=5, resize_method="nearest")
     assert not (base / "5").exists()
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_next_export_removes_stale_temp_dirs_only(model, tmp_path, caplog):
+    """A crashed export's .tmp-<version>-<pid> folder used to stay forever. The next export
+    removes it once its process is gone and it is unchanged for 10 minutes; a live export's
+    folder, and a recent one (maybe another host's), are kept."""
+    from efficientnet_tf.export import remove_stale_temp_dirs
+
+    base = tmp_path / "serving"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        old = time.time() - 3600
+        dirs = {"crashed": base / f".tmp-1-{_dead_pid()}",
+                "live": base / f".tmp-2-{live.pid}",
+                "recent": base / f".tmp-3-{_dead_pid()}"}
+        for name, d in dirs.items():
+            (d / "variables").mkdir(parents=True)
+            (d / "variables" / "variables.index").write_bytes(b"x")
+            if name != "recent":
+                for p in (d / "variables" / "variables.index", d / "variables", d):
+                    os.utime(p, (old, old))
+        with caplog.at_level("WARNING"):
+            path = export_saved_model(model, str(base), image_size=SIZE, version=4)
+        assert path == str(base / "4") and (base / "4" / "saved_model.pb").exists()
+        assert not dirs["crashed"].exists()
+        assert dirs["live"].exists() and dirs["recent"].exists()
+        removed = [r.getMessage() for r in caplog.records if "Removed" in r.getMessage()]
+        assert len(removed) == 1 and str(dirs["crashed"]) in removed[0]
+        assert remove_stale_temp_dirs(str(base)) == []  # nothing else is stale
+    finally:
+        live.kill()
+        live.wait()
+    assert remove_stale_temp_dirs(str(base)) == [str(dirs["live"])]  # its process is gone now
+    assert remove_stale_temp_dirs(str(base), stale_after_s=0) == [str(dirs["recent"])]
+
+
+def test_check_export_dir(tmp_path):
+    from efficientnet_tf.export import check_export_dir
+
+    check_export_dir(str(tmp_path / "new" / "serving"))  # created, probed, left empty
+    assert os.listdir(tmp_path / "new" / "serving") == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="export_dir .*file is an existing file"):
+        check_export_dir(str(tmp_path / "file"))
+    with pytest.raises(ValueError, match="export_dir .*file/sub cannot be created or written"):
+        check_export_dir(str(tmp_path / "file" / "sub"))
+
+
+def test_export_cli_checks_export_dir_before_loading(tmp_path):
+    """model_dir does not exist either: the export_dir error shows the check runs first."""
+    (tmp_path / "file").write_text("x")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    for export_dir, problem in ((tmp_path / "file", "is an existing file; give a directory."),
+                                (tmp_path / "file" / "sub", "cannot be created or written: ")):
+        cmd = [sys.executable, "-m", "efficientnet_tf.export",
+               f"--model_dir={tmp_path / 'no_such_run'}", f"--export_dir={export_dir}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"efficientnet_tf.export: error: export_dir {export_dir} {problem}")
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def _write_validation_tfrecords(directory, images_uint8):

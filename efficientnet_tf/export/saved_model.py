@@ -202,6 +202,73 @@ def next_version(export_dir: str) -> int:
     return max(numbers, default=0) + 1
 
 
+def check_export_dir(path: str) -> None:
+    """ValueError unless path is (or can be made) a directory we can write: a probe file is
+    written and removed. Run it before the slow parts of an export."""
+    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+        raise ValueError(f"export_dir {path} is an existing file; give a directory.")
+    probe = os.path.join(path, f".write-probe-{os.getpid()}")
+    try:
+        tf.io.gfile.makedirs(path)
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("probe")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as e:
+        text = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:200]
+        raise ValueError(f"export_dir {path} cannot be created or written: {text}") from None
+
+
+TEMP_DIR = re.compile(r"\.tmp-(\d+)-(\d+)/?")  # .tmp-<version>-<pid of the export>
+STALE_AFTER_S = 600
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _newest_mtime_s(path: str) -> float:
+    newest = tf.io.gfile.stat(path).mtime_nsec
+    for root, dirs, files in tf.io.gfile.walk(path):
+        for name in dirs + files:
+            newest = max(newest, tf.io.gfile.stat(os.path.join(root, name)).mtime_nsec)
+    return newest / 1e9
+
+
+def remove_stale_temp_dirs(export_dir: str, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+    """Removes the .tmp-<version>-<pid> folders a crashed export left in export_dir; returns them.
+
+    A folder is stale only when its pid is not running on this host and nothing in it changed
+    for stale_after_s (the pid alone is not enough: export_dir may be shared with other hosts).
+    """
+    from absl import logging
+
+    if not tf.io.gfile.isdir(export_dir):
+        return []
+    removed = []
+    for name in tf.io.gfile.listdir(export_dir):
+        match = TEMP_DIR.fullmatch(name)
+        if not match or int(match.group(2)) == os.getpid() or _pid_alive(int(match.group(2))):
+            continue
+        path = os.path.join(export_dir, name.rstrip("/"))
+        try:
+            age = time.time() - _newest_mtime_s(path)
+            if age < stale_after_s:
+                continue
+            tf.io.gfile.rmtree(path)
+        except tf.errors.NotFoundError:  # removed meanwhile
+            continue
+        logging.warning("Removed %s, left by an export that did not finish (process %s gone, "
+                        "unchanged for %d min).", path, match.group(2), age // 60)
+        removed.append(path)
+    return removed
+
+
 def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int | None = None,
                        crop_padding: int = DEFAULT_CROP_PADDING,
                        resize_method: str = "bicubic_tf1",
@@ -214,7 +281,8 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
     ones; "timestamp" = int(time.time()). outputs_are_logits: None = detect from the last layer.
     fold_batch_norm: fold inference BN into the preceding convolutions first (see fold.py).
     Local exports are written to a temporary directory and renamed, so a crash never leaves a
-    half-written version that TF Serving would try to load.
+    half-written version that TF Serving would try to load; such leftovers are removed by the
+    next export to export_dir once stale (remove_stale_temp_dirs).
     """
     if image_size is None:
         image_size = model_image_size(model)
@@ -248,6 +316,7 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
             tf.io.gfile.rmtree(final)
         tf.saved_model.save(module, final, signatures=module.signatures())
         return final
+    remove_stale_temp_dirs(export_dir)
     tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
