@@ -2,7 +2,8 @@
 
 Prints the top-k classes with names for each image (ImageNet names for 1000-class models, the
 export's label names otherwise), or JSON with --json. A file that cannot be read or decoded is
-reported by name and the others still run; the exit code is 1 when any failed.
+reported by name and the others still run; the exit code is 1 when any failed, 2 for a bad
+flag (--top_k and --batch_size must be >= 1).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _define_flags():
 def _main(argv):
     from absl import flags
 
-    from efficientnet_tf.export.predictor import Predictor
+    from efficientnet_tf.export.predictor import Predictor, positive_int
 
     FLAGS = flags.FLAGS
     files = argv[1:]
@@ -34,6 +35,8 @@ def _main(argv):
             raise ValueError("--model is required (a .tflite file or a SavedModel directory).")
         if not files:
             raise ValueError("Give one or more image files after the flags.")
+        for name in ("top_k", "batch_size"):
+            positive_int(f"--{name}", getattr(FLAGS, name))
         p = Predictor(FLAGS.model, num_threads=FLAGS.num_threads, top_k=FLAGS.top_k,
                       crop_padding=FLAGS.crop_padding, resize_method=FLAGS.resize_method)
     except ValueError as e:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -334,6 +335,39 @@ def test_bad_bytes_are_invalid_argument_errors(loaded, images):
     assert serve(image_bytes=tf.constant(images["bytes"][:1]))["classes"].shape == (1,)
 
 
+def test_serving_float_refuses_another_image_size(loaded, images):
+    """Before, the loaded signature ran a 40x40 batch through the model without a word."""
+    serve = loaded.signatures["serving_float"]
+    wrong = tf.zeros([2, SIZE + 8, SIZE + 8, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"images must be \[batch, {SIZE}, {SIZE}, 3\].*got shape\] "
+                             rf"\[2 {SIZE + 8} {SIZE + 8} 3\]"):
+        serve(images=wrong)
+    assert serve(images=tf.constant(images["float"]))["classes"].shape == (3,)
+
+
+def test_empty_batch_gives_empty_outputs(loaded, export_path, tmp_path):
+    """Before, 0 images failed inside the model ("Incompatible shapes: [8] vs. [0,32,32,3]")."""
+    feeds = {"serving_default": {"image_bytes": tf.zeros([0], tf.string)},
+             "serving_image_tensor": {"image_tensor": tf.zeros([0, 50, 60, 3], tf.uint8)},
+             "serving_float": {"images": tf.zeros([0, SIZE, SIZE, 3])}}
+    want = {"classes": ((0,), tf.int64), "probabilities": ((0, CLASSES), tf.float32),
+            "top_k_classes": ((0, TOP_K), tf.int64), "top_k_scores": ((0, TOP_K), tf.float32),
+            "class_names": ((0,), tf.string), "top_k_names": ((0, TOP_K), tf.string)}
+    for name, feed in feeds.items():
+        out = loaded.signatures[name](**feed)
+        assert {k: (tuple(v.shape), v.dtype) for k, v in out.items()} == want, name
+    # Through a TF1 Session too, as TF Serving runs it.
+    np.save(tmp_path / "empty.npy", np.zeros([0, SIZE, SIZE, 3], np.float32))
+    run = subprocess.run([CLI, "run", "--dir", export_path, "--tag_set", "serve",
+                          "--signature_def", "serving_float",
+                          "--inputs", f"images={tmp_path / 'empty.npy'}",
+                          "--outdir", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert np.load(tmp_path / "out" / "probabilities.npy").shape == (0, CLASSES)
+
+
 def test_softmax_models_are_not_softmaxed_twice():
     assert model_outputs_logits(_tiny_model(None)) is True
     soft = _tiny_model("softmax")
@@ -365,6 +399,74 @@ def test_versions_and_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="resize_method"):
         export_saved_model(model, str(base), version=5, resize_method="nearest")
     assert not (base / "5").exists()
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_next_export_removes_stale_temp_dirs_only(model, tmp_path, caplog):
+    """A crashed export's .tmp-<version>-<pid> folder used to stay forever. The next export
+    removes it once its process is gone and it is unchanged for 10 minutes; a live export's
+    folder, and a recent one (maybe another host's), are kept."""
+    from efficientnet_tf.export import remove_stale_temp_dirs
+
+    base = tmp_path / "serving"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        old = time.time() - 3600
+        dirs = {"crashed": base / f".tmp-1-{_dead_pid()}",
+                "live": base / f".tmp-2-{live.pid}",
+                "recent": base / f".tmp-3-{_dead_pid()}"}
+        for name, d in dirs.items():
+            (d / "variables").mkdir(parents=True)
+            (d / "variables" / "variables.index").write_bytes(b"x")
+            if name != "recent":
+                for p in (d / "variables" / "variables.index", d / "variables", d):
+                    os.utime(p, (old, old))
+        with caplog.at_level("WARNING"):
+            path = export_saved_model(model, str(base), image_size=SIZE, version=4)
+        assert path == str(base / "4") and (base / "4" / "saved_model.pb").exists()
+        assert not dirs["crashed"].exists()
+        assert dirs["live"].exists() and dirs["recent"].exists()
+        removed = [r.getMessage() for r in caplog.records if "Removed" in r.getMessage()]
+        assert len(removed) == 1 and str(dirs["crashed"]) in removed[0]
+        assert remove_stale_temp_dirs(str(base)) == []  # nothing else is stale
+    finally:
+        live.kill()
+        live.wait()
+    assert remove_stale_temp_dirs(str(base)) == [str(dirs["live"])]  # its process is gone now
+    assert remove_stale_temp_dirs(str(base), stale_after_s=0) == [str(dirs["recent"])]
+
+
+def test_check_export_dir(tmp_path):
+    from efficientnet_tf.export import check_export_dir
+
+    check_export_dir(str(tmp_path / "new" / "serving"))  # created, probed, left empty
+    assert os.listdir(tmp_path / "new" / "serving") == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="export_dir .*file is an existing file"):
+        check_export_dir(str(tmp_path / "file"))
+    with pytest.raises(ValueError, match="export_dir .*file/sub cannot be created or written"):
+        check_export_dir(str(tmp_path / "file" / "sub"))
+
+
+def test_export_cli_checks_export_dir_before_loading(tmp_path):
+    """model_dir does not exist either: the export_dir error shows the check runs first."""
+    (tmp_path / "file").write_text("x")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    for export_dir, problem in ((tmp_path / "file", "is an existing file; give a directory."),
+                                (tmp_path / "file" / "sub", "cannot be created or written: ")):
+        cmd = [sys.executable, "-m", "efficientnet_tf.export",
+               f"--model_dir={tmp_path / 'no_such_run'}", f"--export_dir={export_dir}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"efficientnet_tf.export: error: export_dir {export_dir} {problem}")
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def _write_validation_tfrecords(directory, images_uint8):

@@ -155,3 +155,50 @@ def test_predict_cli_on_the_demos_own_exports_with_a_bad_file_among_photos(expor
     # raw statistics amplify float differences to ~2e-4.)
     for r in Predictor(result["export"], top_k=3).predict(photos):
         assert r.ok and len(r.classes) == 3 and list(r.names) == [names[c] for c in r.classes]
+
+
+def test_arrays_must_be_pixels_0_to_255(exported):
+    """A float array in [0, 1] used to be cast to uint8 (a black image, a confident answer) and a
+    uint16 array kept its low byte; both now raise, naming the problem and the fix."""
+    p = Predictor(exported["tflite"], top_k=3)
+    photo = data.chelsea()[::4, ::4]  # uint8 [75, 113, 3]
+    want = p.predict([photo])[0]
+    assert want.ok
+    same = [photo.astype(np.float32), photo.astype(np.uint16), photo.astype(np.int32)]
+    for r in p.predict(same):
+        assert r.classes == want.classes
+        np.testing.assert_allclose(r.probabilities, want.probabilities, atol=1e-6)
+    bad = {"multiply it by 255": photo.astype(np.float32) / 255,
+           f"values 0..{int(photo.max()) * 257}, outside 0..255": photo.astype(np.uint16) * 257,
+           r"outside \[0, 255\]": photo.astype(np.float32) + 100,
+           "NaN or infinite": np.where(photo == photo.max(), np.nan, photo.astype(np.float32)),
+           "dtype bool": photo > 100,
+           "expected \\[height, width, 3\\]": np.zeros((2, 2, 2, 8, 3), np.uint8)}
+    for message, array in bad.items():
+        with pytest.raises(ValueError, match="item 1: .*" + message):
+            p.predict([photo, array])
+    black = p.predict([np.zeros((20, 30, 3), np.float32), np.zeros((20, 30, 3), np.uint8)])
+    assert black[0].ok and black[0].probabilities == black[1].probabilities
+    assert len(p.predict(np.stack([photo, photo]))) == 2  # [n, h, w, 3]: n images
+    one = p.predict(photo)  # [h, w, 3]: one image
+    assert len(one) == 1 and one[0].classes == want.classes
+
+
+def test_top_k_and_batch_size_must_be_at_least_1(exported):
+    for k in (0, -1):
+        with pytest.raises(ValueError, match=f"top_k must be an integer >= 1, got {k}"):
+            Predictor(exported["tflite"], top_k=k)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        Predictor(exported["tflite"]).predict(exported["files"], batch_size=0)
+
+
+def test_cli_refuses_top_k_below_1(exported):
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for k in ("0", "-1"):
+        cmd = [sys.executable, "-m", "efficientnet_tf.predict", f"--model={exported['tflite']}",
+               f"--top_k={k}", exported["files"][0]]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 2, p.stderr[-2000:]
+        assert p.stderr.strip().splitlines()[-1] == (
+            f"efficientnet_tf.predict: error: --top_k must be an integer >= 1, got {k}.")
+        assert "Traceback" not in p.stderr and p.stdout == ""

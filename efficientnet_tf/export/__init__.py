@@ -9,14 +9,16 @@ CLI (flags live only in __main__.py):
 from efficientnet_tf.export.saved_model import (
     SIGNATURES,
     ServingModule,
+    check_export_dir,
     export_saved_model,
     model_outputs_logits,
     next_version,
+    remove_stale_temp_dirs,
 )
 
-__all__ = ["SIGNATURES", "ServingModule", "export_saved_model", "model_outputs_logits",
-           "next_version", "export_tflite", "load_model_for_export", "fold_batch_norm",
-           "Predictor"]
+__all__ = ["SIGNATURES", "ServingModule", "check_export_dir", "export_saved_model",
+           "model_outputs_logits", "next_version", "remove_stale_temp_dirs", "export_tflite",
+           "load_model_for_export", "fold_batch_norm", "Predictor"]
 
 
 def __getattr__(name):  # lazy: TFLite, checkpoint loading and folding import more of TF/Keras

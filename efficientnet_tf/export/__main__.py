@@ -39,10 +39,11 @@ def _define_flags():
 
 def run() -> str:
     from efficientnet_tf.export import checkpoint as ckptlib
-    from efficientnet_tf.export.saved_model import export_saved_model
+    from efficientnet_tf.export.saved_model import check_export_dir, export_saved_model
 
     if not FLAGS.model_dir or not FLAGS.export_dir:
         raise ValueError("--model_dir and --export_dir are both required.")
+    check_export_dir(FLAGS.export_dir)  # before loading anything
     config = None
     if FLAGS.image_size:  # the model is rebuilt at the new size (the weights do not depend on it)
         from efficientnet_tf import config as cfglib

@@ -11,6 +11,12 @@ unless given); a SavedModel applies them in its own signatures. A .tflite runs o
 ai_edge_litert's interpreter (tf.lite's only when that is missing; `runtime` says which), with
 its input resized to the batch. An image that cannot be read or decoded gives a result with
 `error` set and does not stop the others.
+
+Arrays are pixels 0..255: uint8, any integer type with values in 0..255, or floats in [0, 255]
+(rounded to uint8). Anything else raises ValueError (a caller's mistake, not a bad file): floats
+whose maximum is in (0, 1] (scaled to [0, 1]: multiply by 255; an all-zero image is accepted,
+black either way), NaN or infinity, values outside 0..255 (e.g. 16-bit images), other dtypes.
+An array [n, h, w, 3] given as `items` is n images; [h, w, 3] or [h, w] is one.
 """
 from __future__ import annotations
 
@@ -53,11 +59,48 @@ def _interpreter(path: str, num_threads: int | None):
         return tf.lite.Interpreter(model_path=path, num_threads=num_threads), "tf.lite"
 
 
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
+def image_array(array) -> np.ndarray:
+    """One image array as uint8 [h, w, channels]; ValueError when its pixels are not 0..255."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or array.size == 0:
+        raise ValueError(f"image array has shape {array.shape}; expected [height, width, 3] "
+                         "(or [height, width] / [height, width, 1] grayscale).")
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.integer):
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"image array ({array.dtype}) has values {lo}..{hi}, outside "
+                             "0..255: convert it to 8-bit pixels first (uint16: array // 257).")
+        return array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"image array has dtype {array.dtype}; expected uint8 pixels or "
+                         "floats in [0, 255].")
+    if not np.isfinite(array).all():
+        raise ValueError(f"image array ({array.dtype}) has NaN or infinite values.")
+    lo, hi = float(array.min()), float(array.max())
+    if lo < 0 or hi > 255:
+        raise ValueError(f"image array ({array.dtype}) has values in [{lo:g}, {hi:g}], "
+                         "outside [0, 255].")
+    if 0 < hi <= 1:
+        raise ValueError(f"image array ({array.dtype}) has values in [{lo:g}, {hi:g}]: it looks "
+                         "scaled to [0, 1], and pixels must be in [0, 255]: multiply it by 255.")
+    return np.rint(array).astype(np.uint8)
+
+
 class Predictor:
     def __init__(self, path: str, *, num_threads: int | None = None, top_k: int = 5,
                  label_names=None, crop_padding: int | None = None,
                  resize_method: str | None = None):
-        self.path, self.top_k = path, top_k
+        self.path, self.top_k = path, positive_int("top_k", top_k)
         meta = {}
         if path.endswith(".tflite"):
             if not tf.io.gfile.exists(path):
@@ -98,12 +141,8 @@ class Predictor:
         from efficientnet_tf.data import preprocessing
 
         if isinstance(item, np.ndarray):
-            array = item if item.ndim == 3 else item[..., None]
-            if array.shape[-1] == 1:
-                array = np.repeat(array, 3, axis=-1)
             image = preprocessing.preprocess_image_tensor_for_eval(
-                tf.convert_to_tensor(array.astype(np.uint8) if array.dtype != np.uint8
-                                     else array), self.image_size, self.crop_padding,
+                tf.convert_to_tensor(image_array(item)), self.image_size, self.crop_padding,
                 resize_method=self.resize_method)
             return "<array>", image.numpy()
         if isinstance(item, (bytes, bytearray)):
@@ -120,6 +159,9 @@ class Predictor:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Probabilities [n, classes] of preprocessed float32 images [n, s, s, 3] in [0, 255]."""
         images = np.asarray(images, np.float32)
+        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"images have shape {images.shape}; expected [n, {self.image_size}, "
+                             f"{self.image_size}, 3] (center-cropped and resized).")
         if self.runtime == "saved_model":
             out = self._saved.signatures["serving_float"](images=tf.constant(images))
             if "top_k_names" in out:  # the export's label names, for the classes it returns
@@ -140,9 +182,21 @@ class Predictor:
         return self._interp.get_tensor(out["index"]).copy()
 
     def predict(self, items, batch_size: int = 32) -> list[Prediction]:
-        """One Prediction per item (a path, bytes or an HxWx3 array), in order."""
+        """One Prediction per item (a path, bytes or an HxWx3 array), in order.
+
+        items may also be one array: [n, h, w, 3] is n images, [h, w, 3] or [h, w] one. An array
+        whose pixels are not 0..255 raises ValueError (see the module docstring).
+        """
+        batch_size = positive_int("batch_size", batch_size)
+        if isinstance(items, np.ndarray):
+            items = list(items) if items.ndim == 4 else [items]
         results, ready = [], []
-        for item in items:
+        for n, item in enumerate(items):
+            if isinstance(item, np.ndarray):
+                try:
+                    item = image_array(item)  # uint8 from here on
+                except ValueError as e:
+                    raise ValueError(f"item {n}: {e}") from None
             try:
                 source, image = self._preprocess(item)
                 ready.append((len(results), image))

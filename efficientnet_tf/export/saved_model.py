@@ -7,7 +7,10 @@ One SavedModel, three signatures traced with training=False:
 Each returns classes int64 [batch], probabilities float32 [batch, C], top_k_classes int64
 [batch, k], top_k_scores float32 [batch, k] and, with label names, class_names string [batch]
 and top_k_names string [batch, k]. The first two run the eval preprocessing of the training
-config (center crop, bicubic resize) inside the graph. SIGNATURE_TABLE defines them (TFLite takes
+config (center crop, bicubic resize) inside the graph. serving_float does not resize: images of
+another size fail with InvalidArgumentError naming the expected and the given shape (TF2's
+loaded signatures do not check the declared shape themselves). An empty batch (0 images) gives
+empty outputs ([0], [0, C], [0, k]) on every signature. SIGNATURE_TABLE defines them (TFLite takes
 serving_float from it); a new signature is one entry there.
 """
 from __future__ import annotations
@@ -59,6 +62,18 @@ def _crop_one(module, image):
                                                           module._resize_method)
 
 
+def _check_size(module, images):
+    """images as they are, after a run-time check that they are [batch, size, size, 3]."""
+    size = module._size
+    shape = tf.shape(images)
+    ok = tf.reduce_all(tf.equal(shape[1:3], [size, size]))
+    check = tf.debugging.Assert(ok, [f"serving_float: images must be [batch, {size}, {size}, 3] "
+                                     "(center-cropped and resized; serving_image_tensor takes "
+                                     "any size), got shape", shape], summarize=4)
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
 def _per_image(fn):
     """Maps fn(module, one image) over the batch: float32 [batch, size, size, 3]."""
     def preprocess(module, batch):
@@ -74,7 +89,7 @@ SIGNATURE_TABLE = (
     Signature("serving_image_tensor", "serve_image_tensor", "image_tensor", tf.uint8,
               lambda size: (None, None, None, 3), _per_image(_crop_one)),
     Signature("serving_float", "serve_float", "images", tf.float32,
-              lambda size: (None, size, size, 3), lambda module, images: images),
+              lambda size: (None, size, size, 3), _check_size),
 )
 SIGNATURES = tuple(s.name for s in SIGNATURE_TABLE)
 
@@ -126,6 +141,7 @@ class ServingModule(tf.Module):
         self.__dict__["model"] = model  # untracked
         self.model_variables = [getattr(v, "value", v) for v in model.variables]  # tf.Variables
         num_classes = int(model.outputs[0].shape[-1])
+        self._num_classes = num_classes
         self._size = int(image_size)
         self._crop_padding = int(crop_padding)
         self._resize_method = resize_method
@@ -158,7 +174,14 @@ class ServingModule(tf.Module):
         return {e.name: getattr(self, e.attr).get_concrete_function() for e in SIGNATURE_TABLE}
 
     def _outputs(self, images):
-        out = tf.cast(self.model(images, training=False), tf.float32)
+        def run():
+            return tf.cast(self.model(images, training=False), tf.float32)
+
+        if images.shape[0]:  # a fixed batch (TFLite)
+            out = run()
+        else:  # the model's convolutions fail on 0 images: skip it
+            out = tf.cond(tf.shape(images)[0] > 0, run,
+                          lambda: tf.zeros([0, self._num_classes], tf.float32))
         probs = tf.nn.softmax(out, axis=-1) if self._logits else out
         scores, idx = tf.math.top_k(probs, k=self._k)
         idx = tf.cast(idx, tf.int64)
@@ -179,6 +202,73 @@ def next_version(export_dir: str) -> int:
     return max(numbers, default=0) + 1
 
 
+def check_export_dir(path: str) -> None:
+    """ValueError unless path is (or can be made) a directory we can write: a probe file is
+    written and removed. Run it before the slow parts of an export."""
+    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+        raise ValueError(f"export_dir {path} is an existing file; give a directory.")
+    probe = os.path.join(path, f".write-probe-{os.getpid()}")
+    try:
+        tf.io.gfile.makedirs(path)
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("probe")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as e:
+        text = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:200]
+        raise ValueError(f"export_dir {path} cannot be created or written: {text}") from None
+
+
+TEMP_DIR = re.compile(r"\.tmp-(\d+)-(\d+)/?")  # .tmp-<version>-<pid of the export>
+STALE_AFTER_S = 600
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _newest_mtime_s(path: str) -> float:
+    newest = tf.io.gfile.stat(path).mtime_nsec
+    for root, dirs, files in tf.io.gfile.walk(path):
+        for name in dirs + files:
+            newest = max(newest, tf.io.gfile.stat(os.path.join(root, name)).mtime_nsec)
+    return newest / 1e9
+
+
+def remove_stale_temp_dirs(export_dir: str, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+    """Removes the .tmp-<version>-<pid> folders a crashed export left in export_dir; returns them.
+
+    A folder is stale only when its pid is not running on this host and nothing in it changed
+    for stale_after_s (the pid alone is not enough: export_dir may be shared with other hosts).
+    """
+    from absl import logging
+
+    if not tf.io.gfile.isdir(export_dir):
+        return []
+    removed = []
+    for name in tf.io.gfile.listdir(export_dir):
+        match = TEMP_DIR.fullmatch(name)
+        if not match or int(match.group(2)) == os.getpid() or _pid_alive(int(match.group(2))):
+            continue
+        path = os.path.join(export_dir, name.rstrip("/"))
+        try:
+            age = time.time() - _newest_mtime_s(path)
+            if age < stale_after_s:
+                continue
+            tf.io.gfile.rmtree(path)
+        except tf.errors.NotFoundError:  # removed meanwhile
+            continue
+        logging.warning("Removed %s, left by an export that did not finish (process %s gone, "
+                        "unchanged for %d min).", path, match.group(2), age // 60)
+        removed.append(path)
+    return removed
+
+
 def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int | None = None,
                        crop_padding: int = DEFAULT_CROP_PADDING,
                        resize_method: str = "bicubic_tf1",
@@ -191,7 +281,8 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
     ones; "timestamp" = int(time.time()). outputs_are_logits: None = detect from the last layer.
     fold_batch_norm: fold inference BN into the preceding convolutions first (see fold.py).
     Local exports are written to a temporary directory and renamed, so a crash never leaves a
-    half-written version that TF Serving would try to load.
+    half-written version that TF Serving would try to load; such leftovers are removed by the
+    next export to export_dir once stale (remove_stale_temp_dirs).
     """
     if image_size is None:
         image_size = model_image_size(model)
@@ -225,6 +316,7 @@ def export_saved_model(model: keras.Model, export_dir: str, *, image_size: int |
             tf.io.gfile.rmtree(final)
         tf.saved_model.save(module, final, signatures=module.signatures())
         return final
+    remove_stale_temp_dirs(export_dir)
     tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
