@@ -444,12 +444,12 @@ def test_next_export_removes_stale_temp_dirs_only(model, tmp_path, caplog):
 def test_check_export_dir(tmp_path):
     from efficientnet_tf.export import check_export_dir
 
-    check_export_dir(str(tmp_path / "new" / "serving"))  # created, probed, left empty
-    assert os.listdir(tmp_path / "new" / "serving") == []
+    check_export_dir(str(tmp_path / "new" / "serving"))  # made, probed, removed again
+    assert not os.path.exists(tmp_path / "new")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="export_dir .*file is an existing file"):
+    with pytest.raises(ValueError, match="--export_dir=.*file is a file, not a folder"):
         check_export_dir(str(tmp_path / "file"))
-    with pytest.raises(ValueError, match="export_dir .*file/sub cannot be created or written"):
+    with pytest.raises(ValueError, match="--export_dir=.*file/sub cannot be written"):
         check_export_dir(str(tmp_path / "file" / "sub"))
 
 
@@ -458,14 +458,15 @@ def test_export_cli_checks_export_dir_before_loading(tmp_path):
     (tmp_path / "file").write_text("x")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    for export_dir, problem in ((tmp_path / "file", "is an existing file; give a directory."),
-                                (tmp_path / "file" / "sub", "cannot be created or written: ")):
+    for export_dir, problem in ((tmp_path / "file", "is a file, not a folder"),
+                                (tmp_path / "file" / "sub", "cannot be written (")):
         cmd = [sys.executable, "-m", "efficientnet_tf.export",
                f"--model_dir={tmp_path / 'no_such_run'}", f"--export_dir={export_dir}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 2, proc.stderr[-3000:]
         last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"efficientnet_tf.export: error: export_dir {export_dir} {problem}")
+        assert last.startswith(f"efficientnet_tf.export: error: --export_dir={export_dir} "
+                               f"{problem}")
         assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 

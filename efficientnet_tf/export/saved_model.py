@@ -203,19 +203,11 @@ def next_version(export_dir: str) -> int:
 
 
 def check_export_dir(path: str) -> None:
-    """ValueError unless path is (or can be made) a directory we can write: a probe file is
-    written and removed. Run it before the slow parts of an export."""
-    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
-        raise ValueError(f"export_dir {path} is an existing file; give a directory.")
-    probe = os.path.join(path, f".write-probe-{os.getpid()}")
-    try:
-        tf.io.gfile.makedirs(path)
-        with tf.io.gfile.GFile(probe, "w") as f:
-            f.write("probe")
-        tf.io.gfile.remove(probe)
-    except (tf.errors.OpError, OSError) as e:
-        text = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:200]
-        raise ValueError(f"export_dir {path} cannot be created or written: {text}") from None
+    """ValueError (rundir.RunDirError) unless path is, or can be made, a folder we can write (a
+    probe file; a folder made for the check is removed again). Run it before the slow parts."""
+    from efficientnet_tf.rundir import check_writable_dir
+
+    check_writable_dir(path, "--export_dir")
 
 
 TEMP_DIR = re.compile(r"\.tmp-(\d+)-(\d+)/?")  # .tmp-<version>-<pid of the export>
