@@ -95,10 +95,9 @@ def history_steps(model_dir):
         return [json.loads(line)["step"] for line in f if line.endswith("\n")]
 
 
-def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(tmp_path):
-    """A real SIGTERM mid-loop (1000 steps per compiled call): the loop stops at the next step,
-    saves there, exits 143; rerunning the same command restores that step and finishes."""
-    model_dir = str(tmp_path / "m")
+def signal_mid_loop(model_dir, signum):
+    """Starts a 3000-step CLI run (1000 steps per compiled call) and sends `signum` inside its
+    second call; returns (the command, the finished process, its output)."""
     cmd = train_command(model_dir, "--train_steps=3000", "--steps_per_execution=1000",
                         "--override=checkpoint_every_steps=100000")
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -109,8 +108,16 @@ def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(tmp_path
         assert time.time() < deadline, "the first loop never finished"
         time.sleep(0.1)
     time.sleep(2)  # inside the second compiled call (about 8 s long here)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
+    return cmd, proc, out
+
+
+def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(tmp_path):
+    """A real SIGTERM mid-loop (1000 steps per compiled call): the loop stops at the next step,
+    saves there, exits 143; rerunning the same command restores that step and finishes."""
+    model_dir = str(tmp_path / "m")
+    cmd, proc, out = signal_mid_loop(model_dir, signal.SIGTERM)
     assert proc.returncode == 143, out[-3000:]
     saved = tf.train.latest_checkpoint(model_dir)
     step = int(saved.rsplit("-", 1)[1])

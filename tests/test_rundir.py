@@ -15,7 +15,8 @@ from efficientnet_tf import config as cfglib
 from efficientnet_tf.rundir import RunDir, RunDirError
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_faults import ENV, history_steps, tiny_config, train_command  # noqa: E402
+from test_faults import (ENV, history_steps, signal_mid_loop, tiny_config,  # noqa: E402
+                         train_command)
 
 
 def run(cmd, timeout=300):
@@ -161,21 +162,8 @@ def test_ctrl_c_is_caught_like_sigterm_with_its_own_exit_code_and_the_handler_pu
 @pytest.mark.slow
 def test_ctrl_c_saves_at_the_current_step_exits_130_and_the_same_command_resumes(tmp_path):
     model_dir = str(tmp_path / "m")
-    cmd = train_command(model_dir, "--train_steps=3000", "--steps_per_execution=1000",
-                        "--override=checkpoint_every_steps=100000")
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    deadline = time.time() + 300
-    while 1000 not in history_steps(model_dir):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline, "the first loop never finished"
-        time.sleep(0.1)
-    time.sleep(2)
-    sent = time.time()
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    cmd, proc, out = signal_mid_loop(model_dir, signal.SIGINT)
     assert proc.returncode == 130, out[-3000:]
-    assert time.time() - sent < 30
     saved = tf.train.latest_checkpoint(model_dir)
     step = int(saved.rsplit("-", 1)[1])
     assert 1000 < step < 2000, out[-2000:]
