@@ -115,7 +115,9 @@ class RunDir:
     def check_config(self, config: cfglib.TrainConfig) -> dict:
         """The allowed changes against config.yaml ({} for a new run); RunDirError listing the
         others when a key that defines the run differs. Writes nothing."""
-        stored = self.stored_config()
+        return self._check_against(self.stored_config(), config)
+
+    def _check_against(self, stored, config) -> dict:
         if stored is None:
             return {}
         changes = config_changes(stored, config)
@@ -132,8 +134,9 @@ class RunDir:
         """After every start-up check: writes config.yaml for a new run; for a restart,
         appends the allowed changes to restarts.jsonl (config.yaml is never rewritten).
         Returns the changes."""
-        changes = self.check_config(config)
-        if self.stored_config() is None:
+        stored = self.stored_config()
+        changes = self._check_against(stored, config)
+        if stored is None:
             fileio.write_file(self.config_path, cfglib.dump_config(config))
         elif changes:
             fileio.append_line(self.join("restarts.jsonl"), json.dumps({
@@ -165,10 +168,9 @@ class RunDir:
         """Why the lock may be taken over, or None while its holder looks alive."""
         if holder.get("host") == socket.gethostname():
             try:
-                os.kill(int(holder.get("pid", -1)), 0)
-            except ProcessLookupError:
-                return "its process is gone"
-            except (PermissionError, ValueError, OverflowError):
+                if not process_alive(int(holder.get("pid", -1))):
+                    return "its process is gone"
+            except (ValueError, OverflowError):
                 pass
         age = time.time() - float(holder.get("heartbeat", 0))
         if age > LOCK_TIMEOUT_S:
@@ -227,6 +229,19 @@ class RunDir:
             yield self
         finally:
             self.release()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (another user's process counts as running)."""
+    if pid <= 0:  # os.kill would address a process group, not a process
+        raise ValueError(f"not a process id: {pid}")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_writable_dir(path: str, what: str) -> None:

@@ -28,6 +28,7 @@ import tensorflow as tf
 from efficientnet_tf import fileio
 from efficientnet_tf.constants import DEFAULT_CROP_PADDING, RESIZE_METHODS
 from efficientnet_tf.data import preprocessing
+from efficientnet_tf.rundir import check_writable_dir, process_alive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,23 +206,11 @@ def next_version(export_dir: str) -> int:
 def check_export_dir(path: str) -> None:
     """ValueError (rundir.RunDirError) unless path is, or can be made, a folder we can write (a
     probe file; a folder made for the check is removed again). Run it before the slow parts."""
-    from efficientnet_tf.rundir import check_writable_dir
-
     check_writable_dir(path, "--export_dir")
 
 
 TEMP_DIR = re.compile(r"\.tmp-(\d+)-(\d+)/?")  # .tmp-<version>-<pid of the export>
 STALE_AFTER_S = 600
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _newest_mtime_s(path: str) -> float:
@@ -245,7 +234,8 @@ def remove_stale_temp_dirs(export_dir: str, stale_after_s: float = STALE_AFTER_S
     removed = []
     for name in tf.io.gfile.listdir(export_dir):
         match = TEMP_DIR.fullmatch(name)
-        if not match or int(match.group(2)) == os.getpid() or _pid_alive(int(match.group(2))):
+        pid = int(match.group(2)) if match else 0
+        if not match or pid <= 0 or pid == os.getpid() or process_alive(pid):
             continue
         path = os.path.join(export_dir, name.rstrip("/"))
         try:
