@@ -204,3 +204,7 @@ def test_offline_message_says_how_to_get_the_archive(tmp_path):
     assert url + "noisystudent/noisy_student_efficientnet-b3.tar.gz" in msg
     assert "pass the checkpoint directory as weights=" in msg and W.CHECKPOINTS_URL_ENV in msg
     assert os.listdir(tmp_path / "efficientnet_tf" / "noisy-student") == []
+    from efficientnet_tf.train.main import download_hint  # the training CLI's wording
+    cli = download_hint(err.value)
+    assert "tar xzf noisy_student_efficientnet-b3.tar.gz" in cli
+    assert "--init_weights=/path/to/the/extracted/folder" in cli and W.CHECKPOINTS_URL_ENV in cli

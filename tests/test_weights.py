@@ -350,6 +350,28 @@ def test_offline_message_says_how_to_pass_a_local_file(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_the_training_cli_words_an_offline_init_weights_in_flags(tmp_path, monkeypatch, capsys):
+    from efficientnet_tf.train import main as train_main
+
+    dead = Server({})
+    url = dead.url
+    dead.close()
+    with pytest.raises(W.WeightsDownloadError) as err:
+        W.fetch_weights("b0", base_url=url, cache_dir=str(tmp_path))
+
+    def run():
+        raise err.value
+    monkeypatch.setattr(train_main, "run", run)
+    with pytest.raises(SystemExit) as exit_:
+        train_main.main([])
+    assert exit_.value.code == 1
+    msg = capsys.readouterr().err
+    assert msg.startswith("efficientnet_tf.train: error: could not download " + url)
+    assert "--init_weights=/path/to/efficientnetb0.h5" in msg and W.URL_ENV in msg
+    assert str(tmp_path / "efficientnetb0.h5") in msg  # where a copied file is found
+    assert "EfficientNetB0(" not in msg and "Traceback" not in msg
+
+
 def test_cache_dir_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv(W.CACHE_ENV, raising=False)
     monkeypatch.delenv("KERAS_HOME", raising=False)

@@ -6,11 +6,14 @@ library never reads global flags: main() turns them into a TrainConfig and calls
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 from absl import app, flags, logging
 
 from efficientnet_tf import config as cfglib  # light: no TensorFlow until the job starts
+from efficientnet_tf.weights.download import URL_ENV, WeightsDownloadError
+from efficientnet_tf.weights.published import CHECKPOINTS_URL_ENV
 
 FLAGS = flags.FLAGS
 
@@ -87,6 +90,22 @@ def resolve_config(argv_flags) -> "object":
     return config
 
 
+def download_hint(e: WeightsDownloadError) -> str:
+    """The download error in the training CLI's words (flags, not the Python API)."""
+    if not e.url:  # e.g. the cache folder could not be made: its message says what to do
+        return str(e)
+    name = os.path.basename(e.url)
+    if name.endswith(".tar.gz"):  # a published TF1 checkpoint
+        return (f"could not download {e.url} ({e.reason}) for --init_weights. If this machine "
+                f"is offline, download it on one that is not, extract it (tar xzf {name}) and "
+                "pass --init_weights=/path/to/the/extracted/folder, or set "
+                f"${CHECKPOINTS_URL_ENV} to a mirror.")
+    return (f"could not download {e.url} ({e.reason}) for --init_weights. If this machine is "
+            f"offline, download {name} on one that is not and pass --init_weights=/path/to/"
+            f"{name}, or copy it to {e.path} (it is checked against its published hash), or "
+            f"set ${URL_ENV} to a mirror.")
+
+
 def main(argv):
     del argv
     try:
@@ -96,6 +115,9 @@ def main(argv):
         sys.exit(2)
     except (FloatingPointError, RuntimeError) as e:  # the message says what was kept
         print(f"efficientnet_tf.train: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except WeightsDownloadError as e:
+        print(f"efficientnet_tf.train: error: {download_hint(e)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits 130)
         print("efficientnet_tf.train: interrupted (Ctrl-C) outside the training loop; the "

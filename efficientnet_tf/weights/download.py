@@ -28,7 +28,15 @@ CACHE_ENV = "EFFICIENTNET_TF_CACHE"
 
 
 class WeightsDownloadError(OSError):
-    """The ImageNet weights could not be downloaded (offline, HTTP error, ...)."""
+    """The ImageNet weights could not be downloaded (offline, HTTP error, ...). `url`, `path`
+    (where the file would have been cached) and `reason` let a CLI word its own hint."""
+
+    def __init__(self, message: str, url: str = "", path: str = "", reason: str = ""):
+        super().__init__(message)
+        self.url, self.path, self.reason = url, path, reason
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class WeightsHashError(ValueError):
@@ -131,7 +139,8 @@ def download(url: str, path: str, *, file_hash: str | None = None, timeout: floa
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
             raise WeightsDownloadError(
-                f"Could not download {what} from {url}: {reason}.\n{offline_hint}") from e
+                f"Could not download {what} from {url}: {reason}.\n{offline_hint}",
+                url=url, path=path, reason=str(reason)) from e
         got = h.hexdigest() if h is not None else None
         if expected and got != expected:
             raise WeightsHashError(
