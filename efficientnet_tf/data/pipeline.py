@@ -331,8 +331,7 @@ def _build_dataset(config, split, batch_size, input_context, repeat, drop_remain
         return _to_dtype(decode(image, elem_seed), config.image_dtype), label
 
     # A record the decoder fails on is dropped, logged and counted (bad_records.RecordGuard).
-    ds = guard.decode(guard.tag(ds), preprocess, config.num_parallel_calls)
-    ds = guard.report(ds.batch(batch, drop_remainder=drop_remainder))
+    ds = guard.decode_batches(ds, preprocess, batch, drop_remainder, config.num_parallel_calls)
     deterministic = config.deterministic or not is_train
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
