@@ -6,8 +6,8 @@ Trains the recipe exactly as the demo does (same TFRecords, same non-determinist
 pipeline, same Trainer), only with `epochs` instead of 8 (the cosine schedule is stretched to
 that length), evaluates the EMA weights on the 10,000 test images, and prints one line per seed,
 the mean and standard deviation, and JSON. `tests/test_demo_accuracy.py` (slow) runs one seed
-and fails below THRESHOLD, which comes from the spread this script measured (README,
-"Fashion-MNIST results").
+and fails below THRESHOLD, which comes from the spread this script measured (docs/benchmarks.md,
+"The demo's accuracy guard").
 """
 import argparse
 import json

@@ -15,7 +15,7 @@ and scatter the scores; both evaluations are kept).
 2. Curves (research.scaling_curves): width-only, depth-only and resolution-only at two
    multipliers (about 2x and 3x the MACs) and compound scaling with the picked alpha, beta,
    gamma at phi 1 and 1.5.
-About 2.5 hours on a 2-core CPU (see the README for the measured time). The data come from Debian's dataset-fashion-mnist ($FASHION_MNIST_DIR overrides it).
+About 2.5 hours on a 2-core CPU (see docs/research.md for the measured time). The data come from Debian's dataset-fashion-mnist ($FASHION_MNIST_DIR overrides it).
 Both share OUT/runs (a curve point that is also a candidate is trained once). Everything
 resumes: run the same command again after an interruption.
 """

@@ -3,7 +3,7 @@
 BUILD is Starlark (here a Python subset): we exec it with stub rules and a glob() that expands
 against the tree, then check:
   (a) every .py under efficientnet_tf/, every tests/*.py and bench/*.py is in some target's srcs;
-      the CLIs, bench scripts and test files have the py_binary / py_test targets the README names;
+      the CLIs, bench scripts and test files have the py_binary / py_test targets docs/testing.md names;
   (b) every srcs / data file exists, every ":x" label names a target, a `main` is in its srcs;
   (c) requirement() names are pinned in requirements_lock.txt, the package target has setup.py's
       install_requires and every py_test also the test extras; setup.py package_data is some
@@ -247,7 +247,7 @@ def test_no_other_build_files():
 
 
 def test_every_target_kind_present():
-    """The targets the README names: CLIs, bench scripts, one py_test per test file."""
+    """The targets docs/testing.md names: CLIs, bench scripts, one py_test per test file."""
     targets = load_build(_build_text())
     for name, cli in [("train", "efficientnet_tf/train/__main__.py"),
                       ("export", "efficientnet_tf/export/__main__.py"),

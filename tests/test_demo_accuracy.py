@@ -1,7 +1,7 @@
 """The main job's accuracy guard (slow): the demo recipe, shortened by bench/demo_accuracy.py,
-must reach the threshold that the bench's spread over seeds gave (README, "Fashion-MNIST
-results"). A change to the model, the recipe or the input stream that costs the demo accuracy
-fails here; the tests of each piece only check that it computes what it says."""
+must reach the threshold that the bench's spread over seeds gave (docs/benchmarks.md, "The
+demo's accuracy guard"). A change to the model, the recipe or the input stream that costs the
+demo accuracy fails here; the tests of each piece only check that it computes what it says."""
 import os
 import sys
 
@@ -24,4 +24,4 @@ def test_the_demo_recipe_reaches_its_measured_accuracy(tmp_path):
     assert result["ema"]
     assert result["top1"] >= demo_accuracy.THRESHOLD, (
         f"the demo recipe ({demo_accuracy.EPOCHS} epochs, seed 1) reached top-1 "
-        f"{result['top1']:.4f}, below {demo_accuracy.THRESHOLD} (measured spread: README)")
+        f"{result['top1']:.4f}, below {demo_accuracy.THRESHOLD} (measured spread: docs/benchmarks.md)")
