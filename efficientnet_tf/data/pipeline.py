@@ -262,7 +262,10 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
     (static shapes for TPU). Eval: fixed order, one pass, drop_remainder=config.eval_drop_remainder.
     Undecodable images (bad_records.looks_decodable) are dropped where the records are parsed
     (before cache, shuffle and batching, so batches stay full); `counts` (an int64 tf.Variable
-    [2] on the CPU), when given, adds (records read, records dropped) there.
+    [2] on the CPU), when given, adds (records read, records dropped) there. A record that
+    passes that check and still makes the decoder fail is dropped too, logged by file and
+    index and counted (bad_records.RecordGuard; with drop_remainder, the rest of its batch is
+    left out with it).
     With config.seed the stream depends on that seed alone: the ops are made under TensorFlow's
     global seed set to it (data.seeding), whatever global seed the process holds.
     """
