@@ -176,11 +176,37 @@ def test_undecodable_images_are_dropped_before_batching_and_counted_exactly(tmp_
     assert counts.numpy().tolist() == [16, 3]  # read, skipped: exactly the 3 bad records
 
 
+def test_a_jpeg_corrupt_inside_is_dropped_named_and_counted(tmp_path, capfd):
+    from efficientnet_tf.data.pipeline import build_dataset
+
+    broken = tiny_records.jpeg_corrupt_inside(3)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # what used to stop the job
+        tf.io.decode_jpeg(broken)
+    tiny_records.write_records(str(tmp_path), n_train=16, bad={3: broken},
+                               val_bad={2: tiny_records.jpeg_corrupt_inside(1002)})
+    config = records_config(str(tmp_path)).data
+    counts = tf.Variable([0, 0], dtype=tf.int64)
+    train = build_dataset(config, "train", 4, repeat=False, counts=counts)
+    assert train.element_spec[0].shape.as_list() == [4, SIZE, SIZE, 3]  # static, full batches
+    labels = np.concatenate([labels.numpy() for _, labels in train])
+    # The batch holding the broken record is left out whole (batches stay full).
+    assert len(labels) == 12 and counts.numpy().tolist() == [16, 1]
+    err = capfd.readouterr().err
+    assert f"skipped record 1 of {tmp_path / 'train-00001-of-00002'}: the image decoder" in err
+
+    counts.assign([0, 0])
+    evaluated = build_dataset(config, "validation", 4, counts=counts)
+    labels = np.concatenate([labels.numpy() for _, labels in evaluated])
+    assert len(labels) == 7 and counts.numpy().tolist() == [8, 1]  # the 7 others evaluated
+    assert f"skipped record 2 of {tmp_path / 'validation-00000-of-00001'}" in capfd.readouterr().err
+
+
 def test_training_skips_bad_images_reports_them_and_stops_above_the_fraction(tmp_path):
     from efficientnet_tf.train.loop import BadDataError, Trainer
 
     data = str(tmp_path / "data")
-    tiny_records.write_records(data, n_train=16, bad=BAD, val_bad={0: b"", 3: b"junk"})
+    tiny_records.write_records(data, n_train=16, bad=BAD, val_bad={
+        0: b"", 3: b"junk", 5: tiny_records.jpeg_corrupt_inside(5)})
     logs = []
     config = records_config(data, "data.max_bad_fraction=0.25")
     trainer = Trainer(config, str(tmp_path / "ok"), log=logs.append)
@@ -193,7 +219,7 @@ def test_training_skips_bad_images_reports_them_and_stops_above_the_fraction(tmp
     tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
     assert "data/skipped_records" in tags
     result = trainer.evaluate()
-    assert result["examples"] == 6 and result["skipped"] == 2  # accuracy over the 6 good ones
+    assert result["examples"] == 5 and result["skipped"] == 3  # accuracy over the 5 good ones
 
     strict = Trainer(records_config(data, "data.max_bad_fraction=0.1"), str(tmp_path / "strict"),
                      log=lambda *_: None)

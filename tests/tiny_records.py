@@ -21,6 +21,15 @@ def jpeg(i):
     return tf.io.encode_jpeg(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).numpy()
 
 
+def jpeg_corrupt_inside(i):
+    """jpeg(i) with its frame header's height set to 0: markers and end marker intact (it passes
+    the cheap checks), but the decoder fails on it."""
+    data = bytearray(jpeg(i))
+    sof = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height (2), width
+    data[sof + 5:sof + 7] = b"\x00\x00"
+    return bytes(data)
+
+
 def write_records(data_dir, n_train=16, n_val=8, bad=None, val_bad=None):
     bad, val_bad = bad or {}, val_bad or {}
     tf.io.gfile.makedirs(data_dir)

@@ -153,11 +153,10 @@ def check_dataset_info(config: DataConfig) -> None:
                 f"--override=data.{key}={info[key]}).")
 
 
-def _tfrecord_source(config, split, is_train, input_context, counts) -> tf.data.Dataset:
-    """(encoded image, int32 label) per record, file-sharded per input pipeline."""
-    check_dataset_info(config)
-    files, sizes = _checked_files(config, split)
-    ds = tf.data.Dataset.from_tensor_slices((files, sizes or bad_records.file_sizes(files)))
+def _tfrecord_source(config, files, sizes, is_train, input_context, counts, guard):
+    """(encoded image, int32 label, int64 record id) per record, file-sharded per input pipeline."""
+    ds = tf.data.Dataset.from_tensor_slices(
+        (files, sizes or bad_records.file_sizes(files), tf.range(len(files))))
     record_shard = False
     if input_context and input_context.num_input_pipelines > 1:
         if len(files) >= input_context.num_input_pipelines:
@@ -176,43 +175,52 @@ def _tfrecord_source(config, split, is_train, input_context, counts) -> tf.data.
         ds = ds.unbatch().shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id).batch(bad_records.READ_BATCH)
 
-    def parse(serialized):  # a vector of records
+    def parse(serialized, ids):  # vectors of records and their ids
         features = tf.io.parse_example(serialized, tfrecord.TRAIN_FEATURES)
         label = tf.cast(features[tfrecord.LABEL], tf.int32) - config.label_offset
-        return _keep_decodable(features[tfrecord.ENCODED], label, counts)
+        return _keep_decodable(features[tfrecord.ENCODED], label, ids, counts, guard)
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=config.deterministic or not is_train)
     return ds.unbatch()
 
 
-def _tfds_source(config, split, is_train, input_context, counts) -> tf.data.Dataset:
-    """(encoded image, int32 label) from a prepared TFDS data dir; images are not decoded here."""
+def _tfds_source(config, is_train, input_context, counts, guard) -> tf.data.Dataset:
+    """(encoded image, int32 label, int64 read position) from a prepared TFDS data dir; images
+    are not decoded here."""
     import tensorflow_datasets as tfds
     name, tfds_dir = _tfds_name_and_dir(config.data_dir)
     builder = tfds.builder(name, data_dir=tfds_dir)
     read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=config.seed,
                                   interleave_cycle_length=config.cycle_length, try_autocache=False)
     ds = builder.as_dataset(
-        split=config.tfds_train_split if is_train else config.tfds_eval_split,
-        shuffle_files=is_train, read_config=read_config,
+        split=_tfds_split(config, is_train), shuffle_files=is_train, read_config=read_config,
         decoders={config.tfds_image_key: tfds.decode.SkipDecoding()})
     image_key, label_key = config.tfds_image_key, config.tfds_label_key
-    ds = ds.batch(bad_records.READ_BATCH).map(
-        lambda ex: _keep_decodable(ex[image_key], tf.cast(ex[label_key], tf.int32), counts),
+    ds = ds.enumerate().batch(bad_records.READ_BATCH).map(
+        lambda i, ex: _keep_decodable(ex[image_key], tf.cast(ex[label_key], tf.int32), i, counts,
+                                      guard),
         num_parallel_calls=AUTOTUNE)
     return ds.unbatch()
 
 
-def _keep_decodable(image_bytes, labels, counts):
-    """The rows of (bytes [n], labels [n]) whose bytes look decodable; counts (an int64
-    variable [2], or None) adds (n, rows dropped)."""
+def _tfds_split(config, is_train):
+    return config.tfds_train_split if is_train else config.tfds_eval_split
+
+
+def _keep_decodable(image_bytes, labels, ids, counts, guard):
+    """The rows of (bytes [n], labels [n], ids [n]) whose bytes look decodable; the others are
+    logged by the guard; counts (an int64 variable [2], or None) adds (n, rows dropped)."""
     ok = bad_records.looks_decodable(image_bytes)
-    image_bytes, labels = tf.boolean_mask(image_bytes, ok), tf.boolean_mask(labels, ok)
+    logged = tf.cond(tf.reduce_all(ok), lambda: tf.constant(True), lambda: guard.log(
+        tf.boolean_mask(ids, tf.logical_not(ok)), "not an image, empty or truncated",
+        count=False))
+    with tf.control_dependencies([logged]):
+        kept = tuple(tf.boolean_mask(t, ok) for t in (image_bytes, labels, ids))
     if counts is None:
-        return image_bytes, labels
+        return kept
     n = tf.size(ok, out_type=tf.int64)
-    dropped = n - tf.size(labels, out_type=tf.int64)
+    dropped = n - tf.size(kept[1], out_type=tf.int64)
     with tf.control_dependencies([counts.assign_add(tf.stack([n, dropped]))]):
-        return tf.identity(image_bytes), tf.identity(labels)
+        return tuple(tf.identity(t) for t in kept)
 
 
 def _synthetic(config, batch, input_context, repeat) -> tf.data.Dataset:
@@ -254,7 +262,10 @@ def build_dataset(config: DataConfig, split: str, batch_size: int,
     (static shapes for TPU). Eval: fixed order, one pass, drop_remainder=config.eval_drop_remainder.
     Undecodable images (bad_records.looks_decodable) are dropped where the records are parsed
     (before cache, shuffle and batching, so batches stay full); `counts` (an int64 tf.Variable
-    [2] on the CPU), when given, adds (records read, records dropped) there.
+    [2] on the CPU), when given, adds (records read, records dropped) there. A record that
+    passes that check and still makes the decoder fail is dropped too, logged by file and
+    index and counted (bad_records.RecordGuard; with drop_remainder, the rest of its batch is
+    left out with it).
     With config.seed the stream depends on that seed alone: the ops are made under TensorFlow's
     global seed set to it (data.seeding), whatever global seed the process holds.
     """
@@ -280,10 +291,17 @@ def _build_dataset(config, split, batch_size, input_context, repeat, drop_remain
         raise ValueError("DataConfig.data_dir is empty: give a TFRecord folder, 'tfds:<name>' or "
                          "set synthetic=True")
 
+    check_labels = lambda labels: _check_labels(labels, config.num_classes)  # noqa: E731
     if config.data_dir.startswith("tfds:"):
-        ds = _tfds_source(config, split, is_train, input_context, counts)
+        guard = bad_records.RecordGuard(
+            [f"{config.data_dir} ({_tfds_split(config, is_train)}, in read order)"], counts,
+            check_labels)
+        ds = _tfds_source(config, is_train, input_context, counts, guard)
     else:
-        ds = _tfrecord_source(config, split, is_train, input_context, counts)
+        check_dataset_info(config)
+        files, sizes = _checked_files(config, split)
+        guard = bad_records.RecordGuard(files, counts, check_labels)
+        ds = _tfrecord_source(config, files, sizes, is_train, input_context, counts, guard)
     if config.cache:
         ds = ds.cache()
     seed = config.seed
@@ -299,7 +317,7 @@ def _build_dataset(config, split, batch_size, input_context, repeat, drop_remain
         stateless = config.deterministic and seed is not None
         if stateless:  # one seed pair per element: reproducible crops and flips
             ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed).batch(2)))
-            ds = ds.map(lambda pair, s: (pair[0], pair[1], s))
+            ds = ds.map(lambda elem, s: (*elem, s))
 
         def decode(image, elem_seed):
             return preprocessing.preprocess_for_train(
@@ -313,12 +331,11 @@ def _build_dataset(config, split, batch_size, input_context, repeat, drop_remain
                                                      config.resize_method)
 
     def preprocess(image, label, elem_seed=None):
-        image = _to_dtype(decode(image, elem_seed), config.image_dtype)
-        return image, _check_labels(label, config.num_classes)
+        return _to_dtype(decode(image, elem_seed), config.image_dtype), label
 
+    # A record the decoder fails on is dropped, logged and counted (bad_records.RecordGuard).
+    ds = guard.decode_batches(ds, preprocess, batch, drop_remainder, config.num_parallel_calls)
     deterministic = config.deterministic or not is_train
-    ds = ds.map(preprocess, num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)
-    ds = ds.batch(batch, drop_remainder=drop_remainder)
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
