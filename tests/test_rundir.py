@@ -2,6 +2,7 @@
 identity, one trainer writes it, data belongs to its source, a resume holds each step once."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,19 +59,20 @@ def test_a_restart_with_another_architecture_is_refused_and_changes_nothing(fini
     assert tf.io.gfile.glob(str(tmp_path / "export" / "*" / "saved_model.pb"))
 
 
-def test_a_restart_may_change_its_length_and_cadence_and_the_change_is_recorded(tmp_path):
+def test_a_restart_may_change_its_length_and_cadence_and_the_change_is_recorded(finished_run,
+                                                                                tmp_path):
     model_dir = str(tmp_path / "m")
-    first = run(train_command(model_dir, "--train_steps=2", "--steps_per_execution=2"))
-    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(finished_run, model_dir)  # a finished 4-step run, steps_per_execution 2
     config_before = read_bytes(os.path.join(model_dir, "config.yaml"))
-    longer = run(train_command(model_dir, "--train_steps=4", "--steps_per_execution=1"))
+    longer = run(train_command(model_dir, "--train_steps=6", "--steps_per_execution=1",
+                               "--override=checkpoint_every_steps=2"))
     assert longer.returncode == 0, longer.stderr[-3000:]
-    assert "train_steps: 2 -> 4" in longer.stderr
+    assert "train_steps: 4 -> 6" in longer.stderr
     assert read_bytes(os.path.join(model_dir, "config.yaml")) == config_before  # never rewritten
     with open(os.path.join(model_dir, "restarts.jsonl")) as f:
         (record,) = [json.loads(line) for line in f]
-    assert record["changes"] == {"steps_per_execution": [2, 1], "train_steps": [2, 4]}
-    assert history_steps(model_dir) == [2, 3, 4]
+    assert record["changes"] == {"steps_per_execution": [2, 1], "train_steps": [4, 6]}
+    assert history_steps(model_dir) == [2, 4, 5, 6]
     assert not os.path.exists(os.path.join(model_dir, "run.lock"))  # released at the end
 
 

@@ -86,17 +86,17 @@ def _wait_for(proc, done, what, timeout=300):
         time.sleep(0.02)
 
 
-def test_kill_9_five_times_at_random_moments_then_the_run_matches_an_uninterrupted_one(tmp_path,
-                                                                                      single_run):
-    """kill -9 at five moments (three inside checkpoint saves, widened by --slow_save, two
-    between steps), restarting after each: the final weights equal an uninterrupted run's."""
+def _kill_9_and_resume(tmp_path, kills):
+    """kill -9 at each moment of `kills` ("save": inside a checkpoint save, widened by
+    --slow_save; "step": between steps), restarting after each; the resumed run must end with
+    an uninterrupted run's weights."""
     steps, slow = 14, 1.0
     full = run_worker(tmp_path / "full", steps, "default", "--drop=0.2")
     model_dir = tmp_path / "killed"
     history, saving = model_dir / "history.jsonl", model_dir / "saving"
     rng = np.random.default_rng(5)
     killed_at = []
-    for kill, where in enumerate(["save", "step", "save", "step", "save"]):
+    for kill, where in enumerate(kills):
         proc = run_worker(model_dir, steps, "default", "--drop=0.2", f"--slow_save={slow}",
                           wait=False)
         saves, trained = len(_lines(saving)), len(_lines(history))
@@ -116,7 +116,7 @@ def test_kill_9_five_times_at_random_moments_then_the_run_matches_an_uninterrupt
         assert killed_at[-1] < steps
         if where == "save":  # the save in flight is not the latest: its state was not recorded
             assert latest != _lines(saving)[-1]
-    assert killed_at[0] >= 2 and killed_at[-1] > killed_at[0], killed_at
+    assert killed_at[0] >= 2 and (len(kills) == 1 or killed_at[-1] > killed_at[0]), killed_at
 
     resumed = run_worker(model_dir, steps, "default", "--drop=0.2")
     assert resumed["step"] == steps
@@ -130,6 +130,17 @@ def test_kill_9_five_times_at_random_moments_then_the_run_matches_an_uninterrupt
     np.testing.assert_allclose(resumed["losses"][-1], full["losses"][-1], rtol=1e-5)
 
 
+def test_kill_9_inside_a_checkpoint_save_then_the_run_matches_an_uninterrupted_one(tmp_path):
+    """The fast set's kill -9: once, inside a save (the five-kill run below is slow)."""
+    _kill_9_and_resume(tmp_path, ["save"])
+
+
+@pytest.mark.slow
+def test_kill_9_five_times_at_random_moments_then_the_run_matches_an_uninterrupted_one(tmp_path):
+    """kill -9 at five moments (three inside checkpoint saves, two between steps)."""
+    _kill_9_and_resume(tmp_path, ["save", "step", "save", "step", "save"])
+
+
 def test_mirrored_two_replicas_match_single_replica(tmp_path, single_run):
     mirrored = run_worker(tmp_path / "mirrored", 6, "mirrored", "--cpus=2", "--sync_bn")
     # Same global batches, synchronized BN, no dropout: identical math up to float
@@ -138,8 +149,12 @@ def test_mirrored_two_replicas_match_single_replica(tmp_path, single_run):
     assert_weights_close(mirrored["weights"], single_run["weights"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bn_groups_of_two_on_four_replicas_match_per_replica_bn_on_two(tmp_path):
-    """Global batch 8: on 4 replicas with BN groups {0,1}, {2,3} each group normalizes the same
+    """Slow (three 4-CPU training processes); the fast set checks the same group statistics
+    in one process: tests/test_batch_norm.py (BatchNorm groups under a 4-replica
+    MirroredStrategy against BN over each group's concatenated batch).
+    Global batch 8: on 4 replicas with BN groups {0,1}, {2,3} each group normalizes the same
     4 images as one replica of a 2-replica run with per-replica BN, so the runs must agree."""
     grouped = run_worker(tmp_path / "grouped", 4, "mirrored", "--cpus=4", "--bn_group=2")
     pairs = run_worker(tmp_path / "pairs", 4, "mirrored", "--cpus=2", "--bn_group=1")
@@ -160,7 +175,30 @@ def _free_ports(n):
     return ports
 
 
+def test_the_chief_of_a_cluster_is_the_chief_task_else_worker_0():
+    """The fast set's multi-worker check (the two-process runs are slow): which task holds the
+    lock, writes the checkpoints that stay, the history and the export."""
+    import types
+
+    from efficientnet_tf.train.loop import _is_chief
+
+    def task(cluster, task_type, task_id):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+        return _is_chief(types.SimpleNamespace(cluster_resolver=resolver))
+
+    workers = {"worker": ["h0:1", "h1:1"]}
+    assert task(workers, "worker", 0) and not task(workers, "worker", 1)
+    with_chief = {"chief": ["c:1"], **workers}
+    assert task(with_chief, "chief", 0) and not task(with_chief, "worker", 0)
+    assert _is_chief(types.SimpleNamespace()) and _is_chief(tf.distribute.get_strategy())
+
+
+@pytest.mark.slow
 def test_multi_worker_mirrored_two_processes_match_single_replica(tmp_path, single_run):
+    """Slow (two training processes); the fast set has the same math on two replicas in one
+    process (test_mirrored_two_replicas_match_single_replica) and the chief rule
+    (test_the_chief_of_a_cluster_is_the_chief_task_else_worker_0)."""
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]
     model_dir = tmp_path / "mwms"
