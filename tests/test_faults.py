@@ -194,6 +194,14 @@ def test_a_jpeg_corrupt_inside_is_dropped_named_and_counted(tmp_path, capfd):
     err = capfd.readouterr().err
     assert f"skipped record 1 of {tmp_path / 'train-00001-of-00002'}: the image decoder" in err
 
+    # Records parsed once and cached (data.cache, as here): counted once, however many epochs.
+    assert config.cache
+    counts.assign([0, 0])
+    epochs = iter(build_dataset(config, "train", 4, counts=counts))
+    for _ in range(3 * 3):  # three epochs of 3 full batches
+        next(epochs)
+    assert counts.numpy().tolist() == [16, 1]
+
     counts.assign([0, 0])
     evaluated = build_dataset(config, "validation", 4, counts=counts)
     labels = np.concatenate([labels.numpy() for _, labels in evaluated])

@@ -101,13 +101,15 @@ class RecordGuard:
     or None; the records were counted as read where they were parsed). With drop_remainder
     the rest of that batch is left out too (batches stay full: static shapes); without it,
     the rest comes out as a smaller batch. check_labels(labels) runs on every batch outside
-    the error-ignoring part, so a bad label stays fatal.
+    the error-ignoring part, so a bad label stays fatal. With count_repeats=False (records
+    parsed and counted as read once, then cached) a record is counted once, not every epoch.
     """
 
     def __init__(self, file_names: list[str], counts: tf.Variable | None = None,
-                 check_labels=None):
+                 check_labels=None, count_repeats: bool = True):
         self.names = tf.constant(list(file_names) or [""])
         self.counts = counts
+        self.count_repeats = count_repeats  # False: each record counted once (a cached input)
         self.check_labels = check_labels or (lambda labels: labels)
         with tf.device("/cpu:0"):  # the ids already logged
             self.logged = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int32, 0)
@@ -172,8 +174,10 @@ class RecordGuard:
         shown = tf.boolean_mask(ids, new)
         ops = [self.logged.insert(shown, tf.ones_like(shown, tf.int32))]
         if count and self.counts is not None:
-            ops.append(self.counts.assign_add(
-                tf.stack([tf.constant(0, tf.int64), tf.size(ids, out_type=tf.int64)])))
+            n = tf.size(ids) if self.count_repeats else tf.size(shown) + tf.reduce_sum(
+                tf.cast(tf.logical_not(known), tf.int32))
+            ops.append(self.counts.assign_add(tf.stack([tf.constant(0, tf.int64),
+                                                        tf.cast(n, tf.int64)])))
         files = tf.gather(self.names, tf.cast(tf.bitwise.right_shift(shown, 32), tf.int32))
         index = tf.strings.as_string(tf.bitwise.bitwise_and(shown, 0xFFFFFFFF))
         lines = tf.strings.join(["WARNING: skipped record ", index, " of ", files, f": {why}."])

@@ -295,12 +295,13 @@ def _build_dataset(config, split, batch_size, input_context, repeat, drop_remain
     if config.data_dir.startswith("tfds:"):
         guard = bad_records.RecordGuard(
             [f"{config.data_dir} ({_tfds_split(config, is_train)}, in read order)"], counts,
-            check_labels)
+            check_labels, count_repeats=not config.cache)
         ds = _tfds_source(config, is_train, input_context, counts, guard)
     else:
         check_dataset_info(config)
         files, sizes = _checked_files(config, split)
-        guard = bad_records.RecordGuard(files, counts, check_labels)
+        guard = bad_records.RecordGuard(files, counts, check_labels,
+                                        count_repeats=not config.cache)
         ds = _tfrecord_source(config, files, sizes, is_train, input_context, counts, guard)
     if config.cache:
         ds = ds.cache()

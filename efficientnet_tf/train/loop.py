@@ -135,7 +135,7 @@ class Trainer:
         if skipped > limit * max(read, self.num_train_examples):
             raise BadDataError(
                 f"{skipped} of the {read} training images read so far were undecodable (empty, "
-                f"not an image, or truncated): more than data.max_bad_fraction={limit} (counting "
+                f"not an image, truncated, or refused by the decoder): more than data.max_bad_fraction={limit} (counting "
                 f"at least one epoch, {self.num_train_examples} images). Rewrite the TFRecords "
                 "(python -m efficientnet_tf.data.convert skips and lists bad images) or raise "
                 "data.max_bad_fraction.")
