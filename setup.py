@@ -21,6 +21,13 @@ setup(
         "matplotlib>=3.8",  # the training-curve PNG
         "ai-edge-litert>=2.1",  # runs .tflite files (tf.lite.Interpreter is deprecated)
     ],
+    entry_points={"console_scripts": [  # beside python -m efficientnet_tf.<name>
+        "efficientnet-train=efficientnet_tf.train.main:entry",
+        "efficientnet-export=efficientnet_tf.export.__main__:entry",
+        "efficientnet-predict=efficientnet_tf.predict:entry",
+        "efficientnet-convert=efficientnet_tf.data.convert:entry",
+        "efficientnet-evaluate=efficientnet_tf.evaluate:entry",
+    ]},
     extras_require={
         "test": [
             "pytest>=8",

@@ -30,13 +30,12 @@ import dataclasses
 import difflib
 import math
 import os
-import tempfile
 import typing
 from typing import Any, Sequence
 
 import yaml
 
-from efficientnet_tf import constants, spec
+from efficientnet_tf import constants, fileio, spec
 from efficientnet_tf.scaling import compound_scaling
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -622,32 +621,8 @@ def dump_config(config: TrainConfig) -> str:
 
 
 def save_config(config: TrainConfig, model_dir: str, filename: str = "config.yaml") -> str:
-    """Writes model_dir/config.yaml atomically (temp file + rename); returns its path.
-
-    Works for local directories and, through tf.io.gfile, for gs:// and other remote paths.
-    """
-    text = dump_config(config)
+    """Writes model_dir/config.yaml atomically (fileio.write_file; gs:// and other remote
+    paths through tf.io.gfile); returns its path."""
     path = os.path.join(model_dir, filename) if "://" not in model_dir else (
         model_dir.rstrip("/") + "/" + filename)
-    if "://" in model_dir:
-        import tensorflow as tf
-
-        tf.io.gfile.makedirs(model_dir)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-        return path
-    os.makedirs(model_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=model_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return fileio.write_file(path, dump_config(config))

@@ -20,13 +20,16 @@ def is_remote(path: str) -> bool:
 
 
 def write_file(path: str, data: str | bytes) -> str:
-    """Writes data to path atomically (temp file + rename; a plain write on gs://)."""
-    import tensorflow as tf
-
+    """Writes data to path atomically: temp file + rename (local files are fsynced first, so
+    a power loss leaves the old or the new content); a plain write on gs://. The one atomic
+    writer of the package."""
     mode = "wb" if isinstance(data, bytes) else "w"
     directory = os.path.dirname(path)
-    if directory:
-        tf.io.gfile.makedirs(directory)
+    if not is_remote(path):
+        return _write_local(path, data, mode, directory)
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(directory)
     if path.startswith(ATOMIC_OBJECT_WRITES):
         with tf.io.gfile.GFile(path, mode) as f:
             f.write(data)
@@ -39,6 +42,23 @@ def write_file(path: str, data: str | bytes) -> str:
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
+    return path
+
+
+def _write_local(path: str, data, mode: str, directory: str) -> str:
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 

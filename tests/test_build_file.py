@@ -199,7 +199,7 @@ def _setup_kwargs(root: str) -> dict:
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
                 and getattr(n.func, "id", None) == "setup")
     return {k.arg: ast.literal_eval(k.value) for k in call.keywords
-            if k.arg in ("install_requires", "extras_require", "package_data")}
+            if k.arg in ("install_requires", "extras_require", "package_data", "entry_points")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -350,3 +350,28 @@ def test_glob(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_console_scripts_run_the_python_m_entry_points():
+    """efficientnet-train, -export, -predict, -convert, -evaluate (setup.py) call the function
+    that `python -m efficientnet_tf.<module>` runs; an installed script works like it."""
+    import importlib
+    import subprocess
+
+    scripts = dict(line.split("=") for line in _setup_kwargs(ROOT)["entry_points"]["console_scripts"])
+    assert set(scripts) == {f"efficientnet-{n}" for n in
+                            ("train", "export", "predict", "convert", "evaluate")}
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
+        # The file `python -m` runs: the module itself, or its package's __main__.py.
+        path = os.path.join(ROOT, *module.split(".")) + ".py"
+        if module.endswith(".main"):
+            path = os.path.join(os.path.dirname(path), "__main__.py")
+        text = open(path, encoding="utf8").read()
+        assert f"\n    {func}()" in text or f"\n{func}()" in text, (name, path)
+    script = os.path.join(os.path.dirname(sys.executable), "efficientnet-predict")
+    assert os.path.exists(script), f"{script} missing: run `pip install -e .` again (setup.py changed)"
+    p = subprocess.run([script, "--model=none.tflite", "--top_k=0", "x.jpg"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and "--top_k must be an integer >= 1, got 0" in p.stderr, p.stderr[-2000:]

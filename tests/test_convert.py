@@ -296,10 +296,14 @@ def test_dataset_info_lists_every_shard_and_is_removed_first_and_written_last(tm
     for i in range(6):
         _tiny_jpeg(train / "ab"[i % 2] / f"{i}.jpg", i)
     out = tmp_path / "out"
-    renamed, real_rename = [], tf.io.gfile.rename
+    # Files come into place by a rename: tf.io.gfile's (shards) or os.replace (fileio's local
+    # atomic writes: labels, dataset_info.json).
+    renamed, real_rename, real_replace = [], tf.io.gfile.rename, os.replace
     monkeypatch.setattr(tf.io.gfile, "rename",
                         lambda a, b, overwrite=False: (renamed.append(os.path.basename(b)),
                                                        real_rename(a, b, overwrite))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(os.path.basename(b)),
+                                                      real_replace(a, b))[1])
     convert.convert_folder(str(train), str(out), train_shards=3, validation_fraction=0.4,
                            progress=False)
     info = json.load(open(out / "dataset_info.json"))

@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf import fileio
 from efficientnet_tf.data import tfrecord
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -376,13 +377,6 @@ def _tmp_path(output_dir: str, name: str) -> str:
     return os.path.join(output_dir, f".tmp-{name}")
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def _convert_item(item: Item, classes: list[str], quality: int) -> tuple[tf.train.Example, bool]:
     if item.array is not None:
         data, (h, w), reencoded = encode_array(item.array, quality), item.array.shape[:2], True
@@ -482,12 +476,12 @@ def write_split(items: list[Item], output_dir: str, split: str, num_shards: int,
 def _write_metadata(output_dir: str, classes: list[str], names: list[str] | None,
                     splits: dict[str, SplitSummary]) -> None:
     names = names or classes
-    write_text_atomic(os.path.join(output_dir, "labels.txt"), "".join(c + "\n" for c in classes))
-    write_text_atomic(os.path.join(output_dir, "labels.json"), json.dumps({
+    fileio.write_file(os.path.join(output_dir, "labels.txt"), "".join(c + "\n" for c in classes))
+    fileio.write_file(os.path.join(output_dir, "labels.json"), json.dumps({
         "label_offset": LABEL_OFFSET,
         "classes": [{"index": i, "stored_label": i + LABEL_OFFSET, "synset": c, "name": n}
                     for i, (c, n) in enumerate(zip(classes, names))]}, indent=1))
-    write_text_atomic(os.path.join(output_dir, "dataset_info.json"), json.dumps({
+    fileio.write_file(os.path.join(output_dir, "dataset_info.json"), json.dumps({
         "num_classes": len(classes), "label_offset": LABEL_OFFSET,
         "splits": {k: {"num_examples": s.num_written, "num_shards": len(s.shards),
                        "file_pattern": f"{k}-*"} for k, s in splits.items()},
@@ -649,7 +643,12 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry():
     from absl import app
+
     _define_flags()
     app.run(lambda argv: sys.exit(_main(argv)))
+
+
+if __name__ == "__main__":
+    entry()

@@ -104,6 +104,10 @@ def main(argv):
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def entry():
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    entry()
