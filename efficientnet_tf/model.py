@@ -1,44 +1,16 @@
 """Builder: block specs + scaling -> keras.Model, and the keras.applications-style constructors."""
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 from keras import layers
 
 from efficientnet_tf import layers as enl
 from efficientnet_tf import weights as wts
 from efficientnet_tf.constants import NORMALIZATIONS
-from efficientnet_tf.scaling import compound_scaling, round_filters, round_repeats
+from efficientnet_tf.scaling import compound_scaling, round_filters, scaled_blocks
 from efficientnet_tf.spec import B0_BLOCKS, VARIANTS, BlockSpec
 
 MIN_INPUT_SIZE = 32
-
-
-def scaled_blocks(blocks, width_coefficient: float, depth_coefficient: float,
-                  drop_connect_rate: float, fixed_ends: bool = False):
-    """Expands stage specs into per-block (name, spec, drop_rate), scaling width and depth.
-
-    The per-block drop-connect rate grows linearly with the block index:
-    drop_connect_rate * index / num_blocks (0 for the first block). fixed_ends keeps the first
-    and last stages' repeats unscaled (EfficientNet-Lite).
-    """
-    last = len(blocks) - 1
-    per_stage = [b.repeats if fixed_ends and i in (0, last) else
-                 round_repeats(b.repeats, depth_coefficient) for i, b in enumerate(blocks)]
-    total = float(sum(per_stage))
-    out, index = [], 0
-    for stage, (b, repeats) in enumerate(zip(blocks, per_stage)):
-        f_in = round_filters(b.filters_in, width_coefficient)
-        f_out = round_filters(b.filters_out, width_coefficient)
-        for j in range(repeats):
-            spec = dataclasses.replace(
-                b, repeats=1, filters_in=f_in if j == 0 else f_out, filters_out=f_out,
-                strides=b.strides if j == 0 else 1)
-            out.append((f"block{stage + 1}{chr(ord('a') + j)}_", spec,
-                        drop_connect_rate * index / total))
-            index += 1
-    return out
 
 
 def _check_input_shape(input_shape, default_size, include_top, stem_strides=2):

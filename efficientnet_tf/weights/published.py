@@ -226,7 +226,7 @@ def verify_checkpoint(prefix: str, variant: str) -> None:
     import tensorflow as tf
 
     from efficientnet_tf import spec
-    from efficientnet_tf.scaling import round_filters
+    from efficientnet_tf.scaling import round_filters, scaled_blocks
 
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -241,8 +241,6 @@ def verify_checkpoint(prefix: str, variant: str) -> None:
         raise ValueError(f"{prefix} is not an EfficientNet checkpoint (no */stem/conv2d/kernel).")
     scope = stems[0].split("/")[0]
     named = scope[len("efficientnet-"):] if scope.startswith("efficientnet-") else None
-    from efficientnet_tf.model import scaled_blocks
-
     v = spec.get_variant(variant)
     want_stem = 32 if v.fixed_stem_head else round_filters(32, v.width_coefficient)
     want_blocks = len(scaled_blocks(v.blocks, v.width_coefficient, v.depth_coefficient, 0.0,
