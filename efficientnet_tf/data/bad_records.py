@@ -166,25 +166,18 @@ class RecordGuard:
         return out.map(checked)
 
     def log(self, ids: tf.Tensor, why: str, count: bool) -> tf.Tensor:
-        """Logs the records of `ids` (int64 [m]; < 0: not known) on stderr, each known one
-        once per job; with `count`, adds m to counts[1]. Returns True (run it as a dependency)."""
+        """Logs the records of `ids` (int64 [m], record_id) on stderr, each once per job; with
+        `count`, adds to counts[1] m (or, without count_repeats, the ones not seen before).
+        Returns True (run it as a dependency)."""
         ids = tf.reshape(ids, [-1])
-        known = ids >= 0
-        new = known & tf.reshape(tf.equal(self.logged.lookup(ids), 0), [-1])
-        shown = tf.boolean_mask(ids, new)
+        shown = tf.boolean_mask(ids, tf.reshape(tf.equal(self.logged.lookup(ids), 0), [-1]))
         ops = [self.logged.insert(shown, tf.ones_like(shown, tf.int32))]
         if count and self.counts is not None:
-            n = tf.size(ids) if self.count_repeats else tf.size(shown) + tf.reduce_sum(
-                tf.cast(tf.logical_not(known), tf.int32))
-            ops.append(self.counts.assign_add(tf.stack([tf.constant(0, tf.int64),
-                                                        tf.cast(n, tf.int64)])))
+            n = tf.size(ids if self.count_repeats else shown, out_type=tf.int64)
+            ops.append(self.counts.assign_add(tf.stack([tf.constant(0, tf.int64), n])))
         files = tf.gather(self.names, tf.cast(tf.bitwise.right_shift(shown, 32), tf.int32))
         index = tf.strings.as_string(tf.bitwise.bitwise_and(shown, 0xFFFFFFFF))
         lines = tf.strings.join(["WARNING: skipped record ", index, " of ", files, f": {why}."])
-        unnamed = tf.size(ids) - tf.reduce_sum(tf.cast(known, tf.int32))
-        lines = tf.concat([lines, tf.repeat(tf.constant(
-            [f"WARNING: skipped a record of unknown name (its neighbours failed too): {why}."]),
-            tf.minimum(unnamed, 1))], 0)
         with tf.control_dependencies(ops):
             printed = tf.cond(tf.size(lines) > 0, lambda: tf.group(tf.print(
                 tf.strings.reduce_join(lines, separator="\n"), output_stream=sys.stderr)),
