@@ -35,8 +35,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from efficientnet_tf import constants, fileio, spec
-from efficientnet_tf.scaling import compound_scaling
+from efficientnet_tf import constants, fileio, modelspec, spec
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 IMAGENET_RECIPE = "imagenet"  # configs/imagenet.yaml: the recipe behind efficientnet-<variant>
@@ -104,40 +103,21 @@ class ModelConfig:
             _fail("model: synchronized_bn=true pools BN over all replicas; it cannot be combined "
                   "with bn_group_size. Set one of them.")
 
-    def variant(self) -> spec.Variant | None:
-        """The registered variant model_name names, or None for phi / custom width and depth."""
-        if self.phi is not None or self.width_coefficient is not None:
-            return None
-        return spec.get_variant(self.model_name)
-
-    def architecture(self) -> spec.Variant | None:
-        """The registered variant whose blocks, activation and stem/head rule the model uses:
-        model_name's when it names one, even with custom width and depth (a half-width
-        efficientnet-lite0 stays a Lite network), else None (B0's architecture)."""
-        if self.phi is not None:
-            return None
-        return spec.VARIANTS.get(spec.variant_key(self.model_name or ""))
-
-    def scaling(self) -> tuple[float, float]:
-        """(width_coefficient, depth_coefficient) of the model."""
-        if self.phi is not None:
-            cs = compound_scaling(self.phi)
-            return cs.width_coefficient, cs.depth_coefficient
-        if self.width_coefficient is not None:
-            return float(self.width_coefficient), float(self.depth_coefficient)
-        v = self.variant()
-        return v.width_coefficient, v.depth_coefficient
-
-    def defaults(self) -> tuple[int, float]:
-        """(resolution, dropout_rate) the model implies: the registry entry of a named
-        variant; for phi the compound-scaled resolution; 224 px for custom width/depth.
-        Dropout 0.2 (B0's) unless the variant says otherwise."""
-        if self.phi is not None:
-            return compound_scaling(self.phi).resolution, 0.2
-        if self.width_coefficient is not None:
-            return 224, 0.2
-        v = self.variant()
-        return v.resolution, v.dropout_rate
+    def to_spec(self, image_size: int | None = None, weight_set=None):
+        """The resolved network (modelspec.ModelSpec) at image_size (None: the model's default
+        resolution). model_name gives the architecture (blocks, activation, stem/head rule) when
+        it names a registered variant, also with custom width and depth: a half-width
+        efficientnet-lite0 stays a Lite network; phi scales B0. weight_set: a published set the
+        model will be loaded with (its normalization for "auto")."""
+        named = self.phi is None and spec.variant_key(self.model_name or "") in spec.VARIANTS
+        return modelspec.resolve(
+            spec.variant_key(self.model_name) if named else None,
+            width_coefficient=self.width_coefficient, depth_coefficient=self.depth_coefficient,
+            phi=self.phi, resolution=image_size, dropout_rate=self.dropout_rate,
+            drop_connect_rate=self.drop_connect_rate, stem_strides=self.stem_strides,
+            normalization=self.normalization, weight_set=weight_set,
+            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+            name=self.model_name.replace("-", "") if self.model_name else None)
 
     def resolved_bn_group_size(self, num_replicas: int) -> int:
         """Replicas per BN-statistics group for this many replicas (num_replicas = all).
@@ -374,7 +354,8 @@ def _derived_values(model: ModelConfig, seed: int | None, use_bfloat16: bool) ->
     """The values a TrainConfig derives when the recipe leaves them out, by dotted key. The
     input images are bfloat16 when the model computes in bfloat16 (as the TPU reference ties
     them), float32 otherwise."""
-    resolution, dropout = model.defaults()
+    implied = dataclasses.replace(model, dropout_rate=None).to_spec()
+    resolution, dropout = implied.resolution, implied.dropout_rate
     return {"data.image_size": resolution, "model.dropout_rate": dropout, "data.seed": seed,
             "data.image_dtype": "bfloat16" if use_bfloat16 else "float32"}
 

@@ -12,9 +12,9 @@ import contextlib
 
 import keras
 
-from efficientnet_tf import spec
+from efficientnet_tf import weights as wts
+from efficientnet_tf.builder import build
 from efficientnet_tf.config import ModelConfig, TrainConfig
-from efficientnet_tf.model import EfficientNet
 
 
 @contextlib.contextmanager
@@ -38,28 +38,20 @@ def build_model(model_config: ModelConfig, image_size: int, num_classes: int, *,
     (logits by default). num_replicas sizes the cross-replica BN groups (training only;
     inference does not depend on them). dtype_policy: e.g. "mixed_bfloat16" (float32 logits)."""
     m = model_config
-    width, depth = m.scaling()
-    default_size, default_dropout = m.defaults()
-    dropout = default_dropout if m.dropout_rate is None else m.dropout_rate
-    variant = m.variant()
-    arch = m.architecture()  # a custom-width Lite keeps Lite's blocks, ReLU6 and fixed stem/head
-    normalization = m.normalization
-    if normalization == "auto" and arch is not None and variant is None:
-        normalization = arch.normalization
+    if weights is not None:
+        wts.check_weights_argument(weights, True, num_classes, variant=m.to_spec().variant)
+    spec = m.to_spec(image_size, weight_set=wts.get_weight_set(weights))
     with dtype_policy_scope(dtype_policy):
-        return EfficientNet(
-            width, depth, default_size=image_size or default_size, dropout_rate=dropout,
-            blocks=arch.blocks if arch else spec.B0_BLOCKS,
-            drop_connect_rate=m.drop_connect_rate, stem_strides=m.stem_strides,
-            bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, synchronized_bn=m.synchronized_bn,
-            bn_group_size=None if m.synchronized_bn else m.resolved_bn_group_size(num_replicas),
-            input_shape=(image_size, image_size, 3), classes=num_classes,
-            classifier_activation=classifier_activation, weights=weights,
-            normalization=normalization,
-            activation=arch.activation if arch else "swish",
-            fixed_stem_head=bool(arch and arch.fixed_stem_head),
-            variant=variant.name if variant else None,
-            name=m.model_name.replace("-", "") if m.model_name else None)
+        model = build(spec, input_shape=(image_size, image_size, 3), classes=num_classes,
+                      classifier_activation=classifier_activation,
+                      synchronized_bn=m.synchronized_bn, bn_group_size=_group(m, num_replicas))
+    if weights is not None:
+        wts.load_weights(model, weights, variant=spec.variant, include_top=True)
+    return model
+
+
+def _group(m: ModelConfig, num_replicas: int) -> int | None:
+    return None if m.synchronized_bn else m.resolved_bn_group_size(num_replicas)
 
 
 def build_model_from_config(config: TrainConfig, num_replicas: int = 1,

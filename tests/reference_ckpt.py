@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 import efficientnet_tf as en
-from efficientnet_tf.model import scaled_blocks
+from efficientnet_tf.scaling import scaled_blocks
 
 SIZE = 64
 EMA = "ExponentialMovingAverage"

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import efficientnet_tf as en
-from efficientnet_tf.model import scaled_blocks
+from efficientnet_tf.scaling import scaled_blocks
 
 def tiny(**kw):
     kw.setdefault("input_shape", (32, 32, 3))
@@ -67,19 +67,18 @@ def test_reference_param_counts_from_the_builder_rules():
         assert reference_param_count(variant) == variant.params, key
 
 
-BIG = 200_000_000  # built in the slow test only (L2: 481M parameters, ~2 GB)
-
-
 def test_param_counts_and_macs_match_reference_for_all_variants():
     """Every registered variant against its reference numbers (spec.Variant.params: the count of
     keras.applications 3.15 with weights=None and top, or the builder rules' for B8/L2; .macs:
-    the paper's, 2 significant digits; docs/reference.md "Variant table")."""
-    _check_variants(lambda v: (v.params or 0) < BIG)
+    the paper's, 2 significant digits; docs/reference.md "Variant table"): counted from each
+    ModelSpec here (tests/test_modelspec.py checks those counts against built models), built
+    for B0 and Lite0; the slow set builds every variant."""
+    _check_variants(lambda v: v.name in ("b0", "lite0"), minimum=2)
 
 
 @pytest.mark.slow
-def test_param_counts_of_the_largest_variants():
-    _check_variants(lambda v: (v.params or 0) >= BIG, minimum=1)
+def test_param_counts_of_every_variant_built():
+    _check_variants(lambda v: True, minimum=15)
 
 
 def _check_variants(select, minimum=9):

@@ -52,8 +52,8 @@ def grid_search(base: cfglib.TrainConfig, out: str, seeds=(1,), step: float = 0.
     finished = [r for r in rows if r["finished"]]
     best = max(finished, key=lambda r: r["top1_mean"]) if finished else None
     results = {
-        "base": {"width_coefficient": base.model.scaling()[0],
-                 "depth_coefficient": base.model.scaling()[1],
+        "base": {"width_coefficient": base.model.to_spec().width_coefficient,
+                 "depth_coefficient": base.model.to_spec().depth_coefficient,
                  "image_size": base.data.image_size, "macs": base_macs},
         "resolution_rounding": f"round(image_size * gamma / {divisor}) * {divisor}",
         "step": step, "target": target, "tolerance": tolerance,

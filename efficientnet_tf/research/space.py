@@ -3,8 +3,9 @@ measured multiply-adds, the step-1 grid and its split over workers.
 
 A point multiplies the base's depth by alpha, its width by beta and its resolution by gamma
 (the paper's d, w, r). The model of a point is built with the reference's rounding (filters to
-multiples of 8, repeats rounded up, scaling.py), so its real cost is measured on the built model
-(profile.model_profile), not taken from alpha * beta^2 * gamma^2.
+multiples of 8, repeats rounded up, scaling.py), so its real cost is counted on its network
+(ModelSpec.macs: the built model's convolutions and classifier), not taken from
+alpha * beta^2 * gamma^2.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import dataclasses
 import itertools
 
 from efficientnet_tf import config as cfglib
-from efficientnet_tf import spec
-from efficientnet_tf.scaling import round_filters, round_repeats
+from efficientnet_tf.modelspec import resolve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +38,15 @@ def image_size(base_size: int, gamma: float, divisor: int = 1) -> int:
 
 def base_scaling(base: cfglib.TrainConfig) -> tuple[float, float, int]:
     """(width, depth, image size) of the base config; refuses bases the scaling cannot vary."""
-    variant = base.model.architecture()  # also a custom-width Lite: not B0's blocks
-    if variant is not None and (variant.fixed_stem_head or variant.blocks != spec.B0_BLOCKS):
-        raise ValueError(f"Base {variant.full_name}: scaling points are built from B0's block "
-                         "table with every stage scaled; use a B-series variant or a "
+    s = base.model.to_spec(base.data.image_size)
+    as_b0 = resolve(width_coefficient=s.width_coefficient, depth_coefficient=s.depth_coefficient,
+                    stem_strides=s.stem_strides, normalization=s.normalization)
+    if s.architecture_key() != as_b0.architecture_key(s.resolution):
+        # e.g. a Lite base (also at custom width): not B0's blocks, activation and stem/head
+        raise ValueError(f"Base {base.model.model_name}: scaling points are built from B0's "
+                         "block table with every stage scaled; use a B-series variant or a "
                          "width/depth base (model.width_coefficient, model.depth_coefficient).")
-    width, depth = base.model.scaling()
-    return width, depth, int(base.data.image_size)
+    return s.width_coefficient, s.depth_coefficient, int(base.data.image_size)
 
 
 def point_config(base: cfglib.TrainConfig, point: Point, divisor: int = 1) -> cfglib.TrainConfig:
@@ -57,34 +59,20 @@ def point_config(base: cfglib.TrainConfig, point: Point, divisor: int = 1) -> cf
 
 
 def architecture_key(config: cfglib.TrainConfig) -> tuple:
-    """What the built model depends on: image size, stem/head filters, (repeats, filters) per
-    stage. Two points with one key build the same network."""
-    width, depth = config.model.scaling()
-    stages = tuple((round_repeats(b.repeats, depth), round_filters(b.filters_out, width))
-                   for b in spec.B0_BLOCKS)
-    return (int(config.data.image_size), config.model.stem_strides,
-            round_filters(32, width), round_filters(1280, width), stages)
+    """What the built model depends on (ModelSpec.architecture_key: image size, stem/head
+    filters, every block's shape). Two points with one key build the same network."""
+    return config.model.to_spec(config.data.image_size).architecture_key()
 
 
 class Profiler:
-    """model_profile of built models, one build per architecture_key."""
-
-    def __init__(self):
-        self._cache: dict[tuple, dict] = {}
-        self.builds = 0
+    """Multiply-adds and parameters of a config's network, counted from its ModelSpec (no
+    build; the counts equal profile.model_profile of the built model, tests/test_research.py
+    checks that against built models)."""
 
     def __call__(self, config: cfglib.TrainConfig) -> dict:
-        key = architecture_key(config)
-        if key not in self._cache:
-            from efficientnet_tf.factory import build_model_from_config
-            from efficientnet_tf.profile import model_profile
-
-            model = build_model_from_config(config)
-            prof = model_profile(model)
-            self._cache[key] = {"macs": prof["macs"], "params": prof["params"]}
-            self.builds += 1
-            del model
-        return dict(self._cache[key])
+        s = config.model.to_spec(config.data.image_size)
+        classes = config.data.num_classes
+        return {"macs": s.macs(classes=classes), "params": s.params(classes=classes)}
 
 
 def _axis(step: float, top: float) -> list[float]:

@@ -14,21 +14,20 @@ import re
 import tempfile
 
 from efficientnet_tf.config import FREEZE_SPEC
+from efficientnet_tf.modelspec import block_plan, layer_stage
 
 HEAD = "predictions"
 
 
-def _stage(name: str) -> int | None:
-    """Stage (1-based) of a block layer ('block6a_expand_conv' -> 6), 0 for the stem, None for
-    the head (top_*, predictions) and layers without weights of their own."""
-    if name.startswith("stem_"):
-        return 0
-    m = re.match(r"block(\d+)[a-z]+_", name)
-    return int(m[1]) if m else None
+def _stages(model) -> dict:
+    """{layer name: stage}: 0 for the stem, a block's stage (1-based) for its layers, None for
+    the head (top_*, predictions) and the input normalization: read from the model's blocks."""
+    plan = block_plan(model)
+    return {la.name: layer_stage(plan, la.name) for la in model.layers}
 
 
 def num_stages(model) -> int:
-    return max((_stage(la.name) or 0) for la in model.layers)
+    return max((s or 0) for s in _stages(model).values())
 
 
 def parse_freeze(spec: str | None) -> str:
@@ -54,7 +53,8 @@ def frozen_layers(model, spec: str) -> list:
         if n >= stages:
             raise ValueError(f"freeze {spec!r} freezes every stage of this model (it has "
                              f"{stages}); use block1..block{stages - 1}, or backbone.")
-        frozen = [la for la in weighted if _stage(la.name) is not None and _stage(la.name) <= n]
+        stage = _stages(model)
+        frozen = [la for la in weighted if stage[la.name] is not None and stage[la.name] <= n]
     trainable = [la for la in weighted if la not in frozen and la.trainable_weights]
     if not frozen:
         raise ValueError(f"freeze {spec!r} matches no layer of {model.name}.")
@@ -85,10 +85,11 @@ def layer_lr_scales(model, decay: float) -> dict:
         return {}
     if not 0 < decay < 1:
         raise ValueError(f"finetune.layer_decay must be in (0, 1], got {decay}.")
-    stages = num_stages(model)
+    stage = _stages(model)
+    stages = max((s or 0) for s in stage.values())
     out = {}
     for la in model.layers:
-        s = _stage(la.name)
+        s = stage[la.name]
         depth = 0 if s is None else stages + 1 - s
         for v in la.weights:
             out[id(v)] = decay ** depth
@@ -266,5 +267,4 @@ def check_setup(config) -> None:
     for spec in {ft.freeze, ft.unfreeze_to if ft.unfreeze_at_epoch else ft.freeze}:
         apply_freeze(model, spec, ft.freeze_bn)
     if ft.init_weights:
-        variant = config.model.variant()
-        initialize(model, ft.init_weights, variant.name if variant else None, ft.init_use_ema)
+        initialize(model, ft.init_weights, config.model.to_spec().variant, ft.init_use_ema)

@@ -60,9 +60,8 @@ class ClassificationTask:
         ft = self.config.finetune
         if not ft.init_weights:
             return None
-        variant = self.config.model.variant()
         report, head = finetune.initialize(model, ft.init_weights,
-                                           variant.name if variant else None, ft.init_use_ema,
+                                           self.config.model.to_spec().variant, ft.init_use_ema,
                                            ft.new_head)
         log(finetune.describe_load(report, ft.init_weights, head))
         return report

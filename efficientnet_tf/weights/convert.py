@@ -34,27 +34,18 @@ def output_kind(path: str) -> str:
 def build_for(weights, variant: str, include_top: bool = True, use_ema: bool = True,
               normalization="auto", image_size: int | None = None):
     """(model, LoadReport): the registered variant with `weights` loaded."""
-    from efficientnet_tf import model as model_lib
-    from efficientnet_tf import spec
+    from efficientnet_tf.builder import build
+    from efficientnet_tf.modelspec import resolve
     from efficientnet_tf.weights.load import load_weights
-
-    v = spec.get_variant(variant)
-    key = spec.variant_key(variant)
-    shape = (image_size, image_size, 3) if image_size else None
-    model = getattr(model_lib, v.constructor_name)(
-        include_top=include_top, weights=None, input_shape=shape,
-        normalization=_normalization_for(weights, normalization), classifier_activation="softmax")
-    report = load_weights(model, weights, variant=key, include_top=include_top, use_ema=use_ema)
-    return model, report
-
-
-def _normalization_for(weights, normalization):
-    """A named set's normalization for "auto" (the model is built with weights=None, so it
-    cannot see the set); otherwise the constructor resolves "auto" to the variant's."""
     from efficientnet_tf.weights.published import get_weight_set
 
-    ws = get_weight_set(weights)
-    return ws.normalization if normalization == "auto" and ws else normalization
+    spec = resolve(variant, normalization=normalization, weight_set=get_weight_set(weights))
+    shape = (image_size, image_size, 3) if image_size else None
+    model = build(spec, include_top=include_top, input_shape=shape,
+                  classifier_activation="softmax")
+    report = load_weights(model, weights, variant=spec.variant, include_top=include_top,
+                          use_ema=use_ema)
+    return model, report
 
 
 def convert_weights(weights, output: str, variant: str, include_top: bool = True,

@@ -226,7 +226,7 @@ def verify_checkpoint(prefix: str, variant: str) -> None:
     import tensorflow as tf
 
     from efficientnet_tf import spec
-    from efficientnet_tf.scaling import round_filters, scaled_blocks
+    from efficientnet_tf.modelspec import resolve
 
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -241,10 +241,8 @@ def verify_checkpoint(prefix: str, variant: str) -> None:
         raise ValueError(f"{prefix} is not an EfficientNet checkpoint (no */stem/conv2d/kernel).")
     scope = stems[0].split("/")[0]
     named = scope[len("efficientnet-"):] if scope.startswith("efficientnet-") else None
-    v = spec.get_variant(variant)
-    want_stem = 32 if v.fixed_stem_head else round_filters(32, v.width_coefficient)
-    want_blocks = len(scaled_blocks(v.blocks, v.width_coefficient, v.depth_coefficient, 0.0,
-                                    v.fixed_stem_head))
+    want = resolve(variant)
+    want_stem, want_blocks = want.stem_filters, len(want.blocks)
     blocks = {m[1] for n in names for m in [re.match(rf"{re.escape(scope)}/blocks_(\d+)/", n)]
               if m}
     if ((named != variant and named in spec.VARIANTS) or names[stems[0]][-1] != want_stem

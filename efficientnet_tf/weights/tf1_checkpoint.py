@@ -24,6 +24,7 @@ import re
 
 import numpy as np
 
+from efficientnet_tf.modelspec import block_plan
 from efficientnet_tf.weights.formats import FileLayer, WeightFormat, register_format
 
 EMA = "ExponentialMovingAverage"
@@ -116,17 +117,10 @@ def read(path: str, use_ema: bool = True) -> list:
     return out
 
 
-def _block_prefixes(model) -> list:
-    """Our blocks' name prefixes ('block1a_', ...) in build order, and whether each expands."""
-    names = [layer.name for layer in model.layers]
-    blocks = [n[: -len("dwconv")] for n in names if re.fullmatch(r"block\d+[a-z]+_dwconv", n)]
-    return [(p, p + "expand_conv" in names) for p in blocks]
-
-
 def map_names(file_layers, model) -> list:
     """The reference's layer names -> ours; names without a counterpart stay as they are (the
     matcher then names them as layers this model lacks)."""
-    blocks = _block_prefixes(model)
+    blocks = block_plan(model)  # the reference numbers blocks_0, blocks_1, ... in build order
     out = []
     for fl in file_layers:
         if fl.is_normalization:
@@ -138,10 +132,10 @@ def map_names(file_layers, model) -> list:
             continue
         m = re.fullmatch(r"blocks_(\d+)/(.+)", rest)
         if m and int(m[1]) < len(blocks):
-            prefix, expands = blocks[int(m[1])]
-            table = _WITH_EXPANSION if expands else _WITHOUT_EXPANSION
+            block = blocks[int(m[1])]
+            table = _WITH_EXPANSION if block.expands else _WITHOUT_EXPANSION
             if m[2] in table:
-                out.append(prefix + table[m[2]])
+                out.append(block.prefix + table[m[2]])
                 continue
         out.append(fl.name)
     return out
