@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from efficientnet_tf.data import pipeline  # noqa: E402
-from efficientnet_tf.export import checkpoint as ckptlib  # noqa: E402
+from efficientnet_tf.export import load_run  # noqa: E402
 
 CLASSES = (5, 6, 7, 8, 9)
 
@@ -26,7 +26,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model_dir", required=True, help="a 10-class Fashion-MNIST training run")
     args = p.parse_args()
-    loaded = ckptlib.load_model_for_export(args.model_dir)
+    loaded = load_run.load_model_for_export(args.model_dir)
     data = dataclasses.replace(loaded.config.data, deterministic=True, cache=False)
     logits, labels = [], []
     for x, y in pipeline.build_dataset(data, "validation", 1000, repeat=False):

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from efficientnet_tf.data import pipeline  # noqa: E402
-from efficientnet_tf.export import checkpoint as ckptlib  # noqa: E402
+from efficientnet_tf.export import load_run  # noqa: E402
 from efficientnet_tf.export.tflite import (export_tflite, run_tflite,  # noqa: E402
                                            tfrecord_calibration_images)
 
@@ -49,7 +49,7 @@ def keras_probabilities(model, images):
 
 
 def measure(model_dir, calibration_images, limit, workdir):
-    loaded = ckptlib.load_model_for_export(model_dir)
+    loaded = load_run.load_model_for_export(model_dir)
     config, model = loaded.config, loaded.model
     d = config.data
     images, labels = eval_arrays(config, limit)

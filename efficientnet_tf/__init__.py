@@ -22,6 +22,7 @@ _EXPORTS = {
     **{name: "efficientnet_tf.spec"
        for name in ("B0_BLOCKS", "VARIANTS", "BlockSpec", "Variant", "get_variant",
                     "register_variant")},
+    **{name: "efficientnet_tf.modelspec" for name in ("ModelSpec", "PlannedBlock")},
     "build_model": "efficientnet_tf.factory",
     "model_profile": "efficientnet_tf.profile",
     "decode_predictions": "efficientnet_tf.imagenet",

@@ -107,7 +107,7 @@ def _main(argv):
         print(f"Stopped at step {state['step']} with a checkpoint saved: run the same command to "
               "resume.", file=sys.stderr)
         return state["exit_code"]
-    from efficientnet_tf.train.evaluate import plot_history
+    from efficientnet_tf.train.continuous_eval import plot_history
 
     plot_history(model_dir)
 
@@ -119,7 +119,7 @@ def _main(argv):
 
     print(f"[4/5] Exporting a SavedModel to {export_dir}")
     from efficientnet_tf.export import export_saved_model, load_model_for_export
-    from efficientnet_tf.export.checkpoint import read_label_names
+    from efficientnet_tf.export.load_run import read_label_names
 
     names = read_label_names(data_dir)
     loaded = load_model_for_export(model_dir)  # the last checkpoint, EMA weights

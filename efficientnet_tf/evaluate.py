@@ -7,14 +7,14 @@ checkpoint); --model_dir takes a training run of ours instead (its config and EM
 The eval crop is the reference's: center crop of size / (size + 32) of the short side, TF1
 bicubic resize, at the weights' resolution (the variant's, or the set's: L2-475 at 475 px) and
 normalization (AdvProp: x / 127.5 - 1). Metrics and batching are the training job's own
-(ClassificationTask.eval_metrics; the last batch padded, so TPUs see static shapes).
+(train/evaluation.EvalPass over ClassificationTask.eval_metrics: the eval loop the trainer runs;
+the last batch padded, so TPUs see static shapes).
 """
 from __future__ import annotations
 
 import json
 import sys
 
-import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf import config as cfglib
@@ -54,30 +54,11 @@ def eval_config(model_name: str, data_dir: str, *, weights=None, image_size: int
 def evaluate_model(model, config: cfglib.TrainConfig, strategy=None) -> dict:
     """One pass over config.data's validation split: {top1, top5, loss, examples (the images
     the accuracy is over), skipped (undecodable images left out; None where not counted)}."""
+    from efficientnet_tf.train.evaluation import EvalPass
     from efficientnet_tf.train.task import ClassificationTask
 
     strategy = strategy or tf.distribute.get_strategy()
-    task = ClassificationTask(config)
-    batch = config.eval_batch_size
-    counts = None  # (read, skipped) images; input pipelines on other hosts cannot write it
-    if getattr(strategy.extended, "num_hosts", 1) <= 1:
-        with tf.device("/cpu:0"):
-            counts = tf.Variable([0, 0], dtype=tf.int64, trainable=False)
-    ds = strategy.distribute_datasets_from_function(
-        lambda ctx: task.eval_dataset(ctx, batch, counts=counts))
-
-    @tf.function
-    def step(images, labels):
-        out = strategy.run(lambda i, la: task.eval_metrics(model, i, la), args=(images, labels))
-        return [strategy.reduce("SUM", v, axis=None) for v in out]
-
-    totals = np.zeros(4)
-    for images, labels in ds:
-        totals += np.array([float(v) for v in step(images, labels)])
-    n = max(totals[3], 1.0)
-    return {"top1": totals[1] / n, "top5": totals[2] / n, "loss": totals[0] / n,
-            "examples": int(totals[3]),
-            "skipped": int(counts.numpy()[1]) if counts is not None else None}
+    return EvalPass(ClassificationTask(config), model, strategy, config.eval_batch_size)()
 
 
 def evaluate_weights(weights, model_name: str, data_dir: str, *, image_size=None,
@@ -103,7 +84,7 @@ def evaluate_weights(weights, model_name: str, data_dir: str, *, image_size=None
 def evaluate_run(model_dir: str, data_dir: str | None = None, *, use_ema: bool = True,
                  batch_size=None, strategy=None, overrides=()) -> dict:
     """Evaluates a training run's latest checkpoint with the run's own config."""
-    from efficientnet_tf.export.checkpoint import load_model_for_export, read_run_config
+    from efficientnet_tf.export.load_run import load_model_for_export, read_run_config
 
     config = read_run_config(model_dir)
     values = ([f"data.data_dir={data_dir}"] if data_dir else []) + (

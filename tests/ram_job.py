@@ -21,7 +21,7 @@ DATA, MODEL, EXPORT = "ram://job/data", "ram://job/model", "ram://job/export"
 def main():
     from efficientnet_tf import config as cfglib
     from efficientnet_tf.train import main as train_main
-    from efficientnet_tf.train.evaluate import continuous_eval
+    from efficientnet_tf.train.continuous_eval import continuous_eval
     from efficientnet_tf.train.loop import Trainer
 
     tiny_records.write_records(DATA)

@@ -11,7 +11,7 @@ from keras.src.applications import efficientnet as keras_effnet
 
 import efficientnet_tf as en
 from efficientnet_tf import weights as W
-from efficientnet_tf.weights.convert import convert_weights
+from efficientnet_tf.weights.write import convert_weights
 from reference_ckpt import write_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

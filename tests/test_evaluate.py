@@ -74,7 +74,7 @@ def test_same_top1_as_the_training_job_from_a_model_dir_and_a_weights_file(run):
     raw = ev.evaluate_run(run["model_dir"], use_ema=False)  # the weights are what is measured
     assert not raw["ema"] and abs(raw["loss"] - job["loss"]) > 1e-4
 
-    from efficientnet_tf.export.checkpoint import load_model_for_export
+    from efficientnet_tf.export.load_run import load_model_for_export
 
     path = str(run["root"] / "ema.weights.h5")
     load_model_for_export(run["model_dir"]).model.save_weights(path)

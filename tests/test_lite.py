@@ -79,7 +79,7 @@ def test_a_custom_width_lite_config_keeps_the_lite_architecture():
 def test_converting_a_lite_checkpoint_path_keeps_lite_normalization(tmp_path):
     """A TF1 checkpoint stores no normalization: converted from a path (no named set), a Lite
     model keeps its own "lite" one, not ImageNet's."""
-    from efficientnet_tf.weights.convert import convert_weights
+    from efficientnet_tf.weights.write import convert_weights
 
     prefix, _, _ = write_checkpoint(tmp_path, "lite0")
     out = str(tmp_path / "lite0.weights.h5")

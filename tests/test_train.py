@@ -220,7 +220,7 @@ def test_multi_worker_mirrored_two_processes_match_single_replica(tmp_path, sing
 
 
 def test_continuous_eval_records_best_checkpoint(tmp_path):
-    from efficientnet_tf.train.evaluate import continuous_eval
+    from efficientnet_tf.train.continuous_eval import continuous_eval
     from efficientnet_tf.train.loop import Trainer
 
     config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [

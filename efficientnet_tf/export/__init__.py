@@ -27,7 +27,7 @@ def __getattr__(name):  # lazy: TFLite, checkpoint loading and folding import mo
 
         return export_tflite
     if name == "load_model_for_export":
-        from efficientnet_tf.export.checkpoint import load_model_for_export
+        from efficientnet_tf.export.load_run import load_model_for_export
 
         return load_model_for_export
     if name == "Predictor":

@@ -38,7 +38,7 @@ def _define_flags():
 
 
 def run() -> str:
-    from efficientnet_tf.export import checkpoint as ckptlib
+    from efficientnet_tf.export import load_run
     from efficientnet_tf.export.saved_model import check_export_dir, export_saved_model
 
     if not FLAGS.model_dir or not FLAGS.export_dir:
@@ -48,9 +48,9 @@ def run() -> str:
     if FLAGS.image_size:  # the model is rebuilt at the new size (the weights do not depend on it)
         from efficientnet_tf import config as cfglib
 
-        config = cfglib.apply_overrides(ckptlib.read_run_config(FLAGS.model_dir),
+        config = cfglib.apply_overrides(load_run.read_run_config(FLAGS.model_dir),
                                         [f"data.image_size={FLAGS.image_size}"])
-    loaded = ckptlib.load_model_for_export(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.use_ema,
+    loaded = load_run.load_model_for_export(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.use_ema,
                                            config=config)
     print(f"Exporting {loaded.describe()}")
     config = loaded.config
@@ -60,11 +60,11 @@ def run() -> str:
     data_dir = config.data.data_dir
     labels = None
     if FLAGS.label_names:
-        labels = ckptlib.read_label_names(FLAGS.label_names)
+        labels = load_run.read_label_names(FLAGS.label_names)
     elif data_dir and not data_dir.startswith("tfds:"):
         import tensorflow as tf
 
-        labels = ckptlib.read_label_names(data_dir) if tf.io.gfile.isdir(data_dir) else None
+        labels = load_run.read_label_names(data_dir) if tf.io.gfile.isdir(data_dir) else None
     path = export_saved_model(loaded.model, FLAGS.export_dir, image_size=size, crop_padding=crop,
                               resize_method=resize, top_k=FLAGS.top_k, label_names=labels,
                               version=FLAGS.version, outputs_are_logits=None,

@@ -25,7 +25,7 @@ def write_cam_figure(model_dirs, images, out: str, class_index=None, method: str
     model's resolution, and writes OUT/cam.png; returns its path. bn_batches > 0: each model's
     BN statistics are first re-estimated on that many batches of its training data (bn)."""
     from efficientnet_tf.data import pipeline
-    from efficientnet_tf.export.checkpoint import load_model_for_export, read_label_names
+    from efficientnet_tf.export.load_run import load_model_for_export, read_label_names
     from efficientnet_tf.research import bn
 
     if not model_dirs or not images:

@@ -130,7 +130,7 @@ def _load(model, source, variant, use_ema):
     from efficientnet_tf.weights.load import load_weights
 
     if tf.io.gfile.exists(os.path.join(source, "config.yaml")):
-        from efficientnet_tf.export.checkpoint import load_model_for_export
+        from efficientnet_tf.export.load_run import load_model_for_export
 
         loaded = load_model_for_export(source, use_ema=use_ema)
         with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,6 @@ import math
 import os
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf import fileio
@@ -25,22 +24,23 @@ from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.ema import ExponentialMovingAverage
 from efficientnet_tf.train import preemption
 from efficientnet_tf.train.strategy import per_replica_batch_size
-from efficientnet_tf.train.task import ClassificationTask
+from efficientnet_tf.train.evaluation import EvalPass
+from efficientnet_tf.train.task import Task, task_for
 
 
 class Trainer:
     """The loop around a task: strategy, compiled steps, EMA, checkpoints, summaries, eval cadence.
 
-    Trainer(config, model_dir) trains config's ClassificationTask; pass task= for another task
-    (anything with ClassificationTask's methods). train_dataset_fn / num_train_examples go to
-    the default task (see ClassificationTask).
+    Trainer(config, model_dir) trains the task config asks for (task.task_for: classification,
+    or fine-tuning); pass task= for another (a task.Task). train_dataset_fn /
+    num_train_examples go to the default task (see ClassificationTask).
     """
 
     def __init__(self, config, model_dir: str, strategy: tf.distribute.Strategy | None = None,
                  jit_compile: bool = False, log=print, train_dataset_fn=None,
                  num_train_examples: int | None = None, task=None, rundir=None):
         self.config = config
-        self.task = task or ClassificationTask(config, train_dataset_fn, num_train_examples)
+        self.task: Task = task or task_for(config, train_dataset_fn, num_train_examples)
         self.model_dir = model_dir
         self.rundir = rundir or RunDir(model_dir)
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -61,8 +61,7 @@ class Trainer:
             # Fine-tuning's source weights: loaded once, into a fresh run only (a restart
             # resumes from its own checkpoint), before the EMA copies the weights.
             fresh = not tf.train.latest_checkpoint(model_dir)
-            init = getattr(self.task, "initialize", None)
-            self.init_report = init(self.model, self.log) if fresh and init else None
+            self.init_report = self.task.initialize(self.model, self.log) if fresh else None
             self.optimizer, self.lr_schedule = self.task.create_optimizer(
                 self.global_batch, self._exact_steps_per_epoch, self.total_steps)
             self.optimizer.build(self.model.trainable_variables)
@@ -97,18 +96,13 @@ class Trainer:
 
             self._sum_over_workers = sum_over_workers
         self._train_loop = None
-        self._eval_step = None
+        self._eval_pass = None
 
     # ---------------------------------------------------------------- data
     def _train_dataset(self, start_step: int):
         return self.strategy.distribute_datasets_from_function(
             lambda ctx: self.task.train_dataset(ctx, self.global_batch, start_step,
                                                 counts=self._counter("train")))
-
-    def _eval_dataset(self):
-        return self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.task.eval_dataset(ctx, self.config.eval_batch_size,
-                                               counts=self._counter("eval")))
 
     def _counter(self, split):
         """The CPU variable counting this split's (read, skipped) images, None where the input
@@ -147,11 +141,7 @@ class Trainer:
             loss, ce, logits = self.task.loss(self.model, images, labels, self.global_batch,
                                               self.strategy.num_replicas_in_sync)
         grads = tape.gradient(loss, self.model.trainable_variables)
-        apply = getattr(self.task, "apply_gradients", None)
-        if apply is not None:  # per-variable learning-rate scales (fine-tuning)
-            apply(self.optimizer, grads, self.model.trainable_variables)
-        else:
-            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.task.apply_gradients(self.optimizer, grads, self.model.trainable_variables)
         if self.ema is not None:
             self.ema.update(self.optimizer.iterations)
         return self.task.train_metrics(labels, logits, ce)
@@ -168,27 +158,25 @@ class Trainer:
             local = self.strategy.run(lambda: tf.identity(flag.read_value()))
             return self.strategy.reduce("SUM", local, axis=None) > 0
 
+        loss_at = self.task.TRAIN_METRICS.index("loss")
+
         @tf.function
         def train_loop(iterator, steps):
-            total_ce = tf.constant(0.0)
-            total_correct = tf.constant(0.0)
+            totals = [tf.constant(0.0) for _ in self.task.TRAIN_METRICS]
             done = tf.constant(0)
             go = tf.logical_not(stop_requested())
             # No `break`: it would put the step (and its collectives) inside a tf.cond.
             while tf.logical_and(go, done < steps):
-                ce, correct = self.strategy.run(step_fn, args=next(iterator))
-                ce = self.strategy.reduce("SUM", ce, axis=None)
-                total_ce += ce
-                total_correct += self.strategy.reduce("SUM", correct, axis=None)
+                sums = self.strategy.run(step_fn, args=next(iterator))
+                sums = [self.strategy.reduce("SUM", v, axis=None) for v in sums]
+                totals = [t + v for t, v in zip(totals, sums)]
                 done += 1
                 # Stop at a non-finite loss (the same on every replica) or after SIGTERM.
-                go = tf.logical_and(tf.math.is_finite(ce), tf.logical_not(stop_requested()))
-            return total_ce, total_correct, done
+                go = tf.logical_and(tf.math.is_finite(sums[loss_at]),
+                                    tf.logical_not(stop_requested()))
+            return totals, done
 
         return train_loop
-
-    def _replica_eval_step(self, images, labels):
-        return self.task.eval_metrics(self.model, images, labels)
 
     # ---------------------------------------------------------------- public
     def _bn_description(self) -> str:
@@ -205,11 +193,8 @@ class Trainer:
     def _set_phase(self, step: int) -> int | None:
         """Fine-tuning's two phases: applies the freeze spec of `step`'s phase (the train step is
         traced again when it changes); returns the switch step, None with one phase."""
-        set_phase = getattr(self.task, "set_phase", None)
-        if set_phase is None:
-            return None
         before = [id(v) for v in self.model.trainable_variables]
-        spec = set_phase(self.model, step, self._exact_steps_per_epoch)
+        spec = self.task.set_phase(self.model, step, self._exact_steps_per_epoch)
         if spec is None:
             return None
         if [id(v) for v in self.model.trainable_variables] != before:
@@ -275,15 +260,15 @@ class Trainer:
         while step < total_steps:
             want = min(spe, total_steps - step)
             t0 = time.perf_counter()
-            ce, correct, n = self._train_loop(iterator, tf.constant(want))
-            ce, correct, n = float(ce), float(correct), int(n)
+            totals, n = self._train_loop(iterator, tf.constant(want))
+            n = int(n)
             if n == 0:  # SIGTERM before the first step of this call
                 return self._preempted(step, last_ckpt)
             dt = time.perf_counter() - t0
             step = int(self.optimizer.iterations.numpy())
             images = n * self.global_batch
             rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 3),
-                   "loss": ce / images, "accuracy": correct / images,
+                   **{k: float(v) / images for k, v in zip(self.task.TRAIN_METRICS, totals)},
                    "lr": float(self.lr_schedule(step)), "images_per_s": images / dt}
             if not math.isfinite(rec["loss"]):
                 restores += 1
@@ -291,7 +276,7 @@ class Trainer:
                 continue
             rec["skipped_records"] = self._check_bad_fraction()
             with writer.as_default(step=step):
-                for key in ("loss", "accuracy", "lr", "images_per_s"):
+                for key in (*self.task.TRAIN_METRICS, "lr", "images_per_s"):
                     tf.summary.scalar(f"train/{key}", rec[key])
                 tf.summary.scalar("data/skipped_records", rec["skipped_records"])
             if step - last_ckpt >= ckpt_every or step >= total_steps:
@@ -372,26 +357,15 @@ class Trainer:
 
     def evaluate(self, use_ema: bool = True) -> dict:
         """Top-1/top-5/loss on the validation split (EMA weights when available)."""
-        if self._eval_step is None:
-            step_fn = tf.function(self._replica_eval_step)
-
-            @tf.function
-            def eval_step(batch):
-                out = self.strategy.run(step_fn, args=batch)
-                return [self.strategy.reduce("SUM", v, axis=None) for v in out]
-
-            self._eval_step = eval_step
+        if self._eval_pass is None:
+            self._eval_pass = EvalPass(self.task, self.model, self.strategy,
+                                       self.config.eval_batch_size, counts=self._counter("eval"))
         use_ema = bool(use_ema and self.ema is not None)
-        totals = np.zeros(4)
         self._counts["eval"].assign([0, 0])
         with self.ema_weights() if use_ema else contextlib.nullcontext():
-            for batch in self._eval_dataset():
-                totals += np.array([float(v) for v in self._eval_step(batch)])
-        n = max(totals[3], 1.0)
-        # examples: the images the accuracy is over; skipped: undecodable ones left out.
-        return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n,
-                "examples": int(totals[3]), "skipped": self.record_counts("eval")[1],
-                "ema": use_ema}
+            result = self._eval_pass()
+        # skipped: over all workers (each worker's pipeline counts its own share).
+        return {**result, "skipped": self.record_counts("eval")[1], "ema": use_ema}
 
 
 class BadDataError(ValueError):

@@ -167,7 +167,7 @@ def run():
         state = trainer.train(eval_every_steps=eval_every)
         if state.get("preempted"):
             sys.exit(state.get("exit_code", 143))  # saved; the same command resumes from it
-        from efficientnet_tf.train.evaluate import plot_history
+        from efficientnet_tf.train.continuous_eval import plot_history
 
         plot_history(FLAGS.model_dir)
         if FLAGS.mode == "train_and_eval":
@@ -193,7 +193,7 @@ def run_eval(config, rundir):
     """--mode=eval: evaluates each new checkpoint of a training run; writes no config."""
     import tensorflow as tf
 
-    from efficientnet_tf.train.evaluate import continuous_eval
+    from efficientnet_tf.train.continuous_eval import continuous_eval
     from efficientnet_tf.train.loop import Trainer
     from efficientnet_tf.train.strategy import make_strategy
 
@@ -257,7 +257,7 @@ def eval_interval(total_steps: int, steps_per_epoch: int, every_epochs: float | 
 
 
 def _label_names(data_dir):
-    from efficientnet_tf.export.checkpoint import read_label_names
+    from efficientnet_tf.export.load_run import read_label_names
 
     if not data_dir or data_dir.startswith("tfds:"):
         return None

@@ -44,7 +44,7 @@ def run(command: str) -> str:
     for name in ("weights", "model_name", "output"):
         if not getattr(FLAGS, name):
             raise ValueError(f"--{name} is required.")
-    from efficientnet_tf.weights.convert import convert_weights, output_kind
+    from efficientnet_tf.weights.write import convert_weights, output_kind
 
     output_kind(FLAGS.output)  # check before any download
     norm = None if FLAGS.normalization.lower() == "none" else FLAGS.normalization
