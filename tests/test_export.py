@@ -16,6 +16,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 import keras
+from conftest import tiny_config
 from efficientnet_tf import EfficientNet
 from efficientnet_tf.data import preprocessing
 from efficientnet_tf.export import export_saved_model, model_outputs_logits, next_version
@@ -547,10 +548,10 @@ def trained_model_dir(tmp_path_factory):
     from efficientnet_tf.train.loop import Trainer
 
     model_dir = tmp_path_factory.mktemp("model_dir")
-    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
-        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+    config = tiny_config(
+        "data.synthetic=true",
         "data.synthetic_examples=32", "train_batch_size=8", "eval_batch_size=8",
-        "train_steps=4", "steps_per_execution=2", "checkpoint_every_steps=2", "seed=3"])
+        "train_steps=4", "steps_per_execution=2", "checkpoint_every_steps=2", "seed=3")
     assert config.optimizer.ema_decay
     trainer = Trainer(config, str(model_dir), log=lambda *_: None)
     trainer.train()

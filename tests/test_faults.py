@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_config as base_tiny_config
 from efficientnet_tf import config as cfglib
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -17,10 +18,9 @@ SIZE = 16
 
 
 def tiny_config(*extra):
-    return cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
-        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", f"data.image_size={SIZE}",
-        "data.synthetic=true", "train_batch_size=4", "eval_batch_size=4", "seed=2",
-        "optimizer.warmup_epochs=0", *extra])
+    return base_tiny_config(
+        f"data.image_size={SIZE}", "data.synthetic=true", "train_batch_size=4",
+        "eval_batch_size=4", "seed=2", "optimizer.warmup_epochs=0", *extra)
 
 
 def nan_batches_fn(bad_batches):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import TINY_NETWORK
 from efficientnet_tf import config as cfglib
 from efficientnet_tf.factory import build_model_from_config
 from efficientnet_tf.train import finetune
@@ -17,7 +18,7 @@ from efficientnet_tf.train.loop import Trainer
 from efficientnet_tf.train.main import prepare_finetuning
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+TINY = [*TINY_NETWORK, "data.synthetic=true",
         "data.synthetic_examples=32", "data.image_size=32", "train_batch_size=8",
         "eval_batch_size=8", "steps_per_execution=2", "optimizer.warmup_epochs=0",
         "optimizer.ema_decay=0", "seed=3", "model.bn_momentum=0.5"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import TINY_NETWORK
 from efficientnet_tf import config as cfglib
 from efficientnet_tf import research
 from efficientnet_tf.factory import build_model
@@ -16,7 +17,7 @@ from efficientnet_tf.profile import model_profile
 from efficientnet_tf.research import space
 from efficientnet_tf.research.__main__ import main as cli_main
 
-TINY = ["model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.image_size=16",
+TINY = [*TINY_NETWORK, "data.image_size=16",
         "data.synthetic=true", "data.synthetic_examples=8", "train_batch_size=4",
         "eval_batch_size=4", "train_steps=1", "steps_per_execution=1", "keep_checkpoints=1"]
 GRID = dict(step=0.5, tolerance=0.3, max_alpha=2.0, max_beta=1.5, max_gamma=1.5)

@@ -1,6 +1,8 @@
 """The package's layers point one way (README "Layout"): checked on every import, lazy ones too."""
 import ast
+import fnmatch
 import os
+import re
 import sys
 
 import pytest
@@ -183,3 +185,40 @@ def test_the_check_catches_an_upward_import(tmp_path, bad, expected, monkeypatch
         test_imports_point_down()
     with pytest.raises(AssertionError, match="efficientnet_tf.train"):
         test_export_never_imports_train()
+
+
+def _test_index(text: str) -> dict:
+    """{module path: [test files]} from docs/testing.md's "Where a module's tests are" table."""
+    section = text.split("## Where a module's tests are", 1)[1].split("\n## ", 1)[0]
+    index = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[0].startswith("`"):
+            continue
+        files = [f.strip() for f in cells[1].split(",")]
+        for module in re.findall(r"`([^`]+)`", cells[0]):
+            index[module] = files
+    return index
+
+
+def _index_problems(text: str) -> tuple[list, list]:
+    """(modules without a row, test files named that do not exist)."""
+    index = _test_index(text)
+    rels = {rel for rel, _ in _modules() if not rel.endswith("/__init__.py")}
+    covered = {rel for rel in rels for pattern in index if fnmatch.fnmatch(rel, pattern)}
+    absent = {f for files in index.values() for f in files
+              if not os.path.isfile(os.path.join(REPO, "tests", f))}
+    return sorted(rels - covered), sorted(absent)
+
+
+def test_every_module_has_its_tests_named_in_docs_testing():
+    missing, absent = _index_problems(open(os.path.join(REPO, "docs", "testing.md")).read())
+    assert not missing, f"add rows for {missing} to docs/testing.md"
+    assert not absent, f"docs/testing.md names missing test files {absent}"
+
+
+def test_the_index_check_finds_a_missing_row_and_a_missing_file():
+    text = open(os.path.join(REPO, "docs", "testing.md")).read()
+    text = text.replace("| `modelspec.py` | test_modelspec.py |", "").replace(
+        "| `rundir.py` | test_rundir.py |", "| `rundir.py` | test_nothing_here.py |")
+    assert _index_problems(text) == (["modelspec.py"], ["test_nothing_here.py"])

@@ -4,16 +4,15 @@ import json
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf import config as cfglib
+from conftest import tiny_config
 from efficientnet_tf.train import task as tasklib
 
-TINY = ["model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
-        "data.synthetic_examples=16", "train_batch_size=8", "eval_batch_size=8",
-        "train_steps=2", "steps_per_execution=2", "seed=3"]
+RUN = ["data.synthetic=true", "data.synthetic_examples=16", "train_batch_size=8",
+       "eval_batch_size=8", "train_steps=2", "steps_per_execution=2", "seed=3"]
 
 
 def _config(*extra):
-    return cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), TINY + list(extra))
+    return tiny_config(*RUN, *extra)
 
 
 def test_task_for_picks_fine_tuning_only_when_the_config_asks():

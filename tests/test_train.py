@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_config
 from efficientnet_tf import config as cfglib
 from efficientnet_tf.train.strategy import check_tf_config, per_replica_batch_size
 
@@ -50,11 +51,11 @@ def single_run(tmp_path_factory):
 def test_one_training_step_under_xla_with_bfloat16(tmp_path):
     from efficientnet_tf.train.loop import Trainer
 
-    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
-        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+    config = tiny_config(
+        "data.synthetic=true",
         "train_batch_size=4", "eval_batch_size=4", "train_steps=1", "use_bfloat16=true",
         "optimizer.warmup_epochs=0",  # the warm-up starts at lr 0: no change at step 1
-        "steps_per_execution=1", "seed=1"])
+        "steps_per_execution=1", "seed=1")
     try:
         trainer = Trainer(config, str(tmp_path), jit_compile=True, num_train_examples=64,
                           log=lambda *_: None)
@@ -223,10 +224,10 @@ def test_continuous_eval_records_best_checkpoint(tmp_path):
     from efficientnet_tf.train.continuous_eval import continuous_eval
     from efficientnet_tf.train.loop import Trainer
 
-    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
-        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+    config = tiny_config(
+        "data.synthetic=true",
         "data.synthetic_examples=32", "train_batch_size=8", "eval_batch_size=8",
-        "train_steps=4", "steps_per_execution=2", "checkpoint_every_steps=2", "seed=3"])
+        "train_steps=4", "steps_per_execution=2", "checkpoint_every_steps=2", "seed=3")
     trainer = Trainer(config, str(tmp_path), log=lambda *_: None)
     trainer.train()
     evaluator = Trainer(config, str(tmp_path), log=lambda *_: None)
@@ -286,10 +287,10 @@ def test_export_after_a_bfloat16_run_computes_in_float32_and_leaves_no_global_st
     from efficientnet_tf.export import export_saved_model, load_model_for_export
     from efficientnet_tf.train.loop import Trainer
 
-    config = cfglib.apply_overrides(cfglib.load_config("fashion_mnist"), [
-        "model.width_coefficient=0.1", "model.depth_coefficient=0.1", "data.synthetic=true",
+    config = tiny_config(
+        "data.synthetic=true",
         "data.image_size=16", "train_batch_size=4", "eval_batch_size=4", "train_steps=1",
-        "use_bfloat16=true", "steps_per_execution=1", "seed=1"])
+        "use_bfloat16=true", "steps_per_execution=1", "seed=1")
     # Draws from every global generator, without and then with a seeded Trainer in between.
     def draws():
         return (random.random(), np.random.rand(), float(tf.random.uniform([])),
