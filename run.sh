@@ -26,6 +26,9 @@ setup() {
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 case "${1:-demo}" in
   demo) shift || true; setup; exec "$VENV/bin/python" -m efficientnet_tf.demo "$@" ;;
-  test) shift || true; setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  # Two test processes (pytest-xdist), a whole file per process (module fixtures built once);
+  # TEST_WORKERS=0 runs them in this process, one after the other.
+  test) shift || true; setup
+        exec "$VENV/bin/python" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   *) echo "usage: bash run.sh [demo|test] [args...]" >&2; exit 2 ;;
 esac

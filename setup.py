@@ -31,6 +31,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",
             "pillow>=10",
             "scikit-image>=0.22",
             "tensorflow-serving-api>=2.21,<2.22",
