@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 ATOMIC_OBJECT_WRITES = ("gs://",)  # object stores: a write is all-or-nothing at close
 
@@ -38,6 +39,41 @@ def write_file(path: str, data: str | bytes) -> str:
     try:
         with tf.io.gfile.GFile(tmp, mode) as f:
             f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+    return path
+
+
+def put_file(local_path: str, path: str) -> str:
+    """Puts a finished local file (e.g. one Keras saved) at path with write_file's guarantee:
+    the old or the new file, never half of one. Local: copied beside the target, fsynced,
+    os.replace; gs://: one upload; other filesystems: copy to a temporary name + rename."""
+    directory = os.path.dirname(path)
+    if not is_remote(path):
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+        try:
+            shutil.copyfile(local_path, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return path
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(directory)
+    if path.startswith(ATOMIC_OBJECT_WRITES):
+        tf.io.gfile.copy(local_path, path, overwrite=True)
+        return path
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        tf.io.gfile.copy(local_path, tmp, overwrite=True)
         tf.io.gfile.rename(tmp, path, overwrite=True)
     finally:
         if tf.io.gfile.exists(tmp):

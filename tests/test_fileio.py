@@ -35,3 +35,21 @@ def test_records_round_trip_and_a_torn_last_line_is_dropped(tmp_path):
             fileio.read_jsonl(path)
         assert fileio.read_json(os.path.join(root, "missing.json")) is None
         assert fileio.read_jsonl(os.path.join(root, "missing.jsonl")) == []
+
+
+def test_put_file_places_a_finished_file_whole(tmp_path):
+    src = tmp_path / "local.h5"
+    src.write_bytes(b"weights")
+    for dest in (str(tmp_path / "out" / "b0.weights.h5"), "ram://fileio_put/b0.weights.h5"):
+        assert fileio.put_file(str(src), dest) == dest
+        src.write_bytes(b"newer weights")
+        fileio.put_file(str(src), dest)
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(dest, "rb") as f:
+            assert f.read() == b"newer weights"
+        assert tf.io.gfile.listdir(os.path.dirname(dest)) == ["b0.weights.h5"]
+        src.write_bytes(b"weights")
+    with pytest.raises(FileNotFoundError):
+        fileio.put_file(str(tmp_path / "missing"), str(tmp_path / "out" / "b0.weights.h5"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["b0.weights.h5"]

@@ -39,7 +39,7 @@ def test_weights_h5_round_trip_is_exact(ckpt, images, direct, tmp_path):
     out = str(tmp_path / "sub" / "b0.weights.h5")
     report = convert_weights(ckpt, out, "b0")
     assert report.format == "tf1_checkpoint" and report.ema is True
-    assert os.listdir(tmp_path / "sub") == ["b0.weights.h5"]  # no .part left
+    assert os.listdir(tmp_path / "sub") == ["b0.weights.h5"]  # no temporary file left
     again = en.EfficientNetB0(weights=out)
     for a, b in zip(again.weights, direct[0].weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)

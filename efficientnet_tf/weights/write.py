@@ -19,6 +19,8 @@ import tempfile
 
 import numpy as np
 
+from efficientnet_tf import fileio
+
 OUTPUT_KINDS = (".weights.h5", ".keras", ".h5")
 
 
@@ -57,8 +59,6 @@ def convert_weights(weights, output: str, variant: str, include_top: bool = True
     if kind == ".h5" and not any(la.name == "normalization" for la in model.layers):
         raise ValueError("A keras.applications .h5 needs a normalization layer; convert with "
                          "normalization 'imagenet', 'advprop' or 'lite', not None.")
-    import tensorflow as tf
-
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "out" + kind)
         if kind == ".weights.h5":
@@ -67,12 +67,7 @@ def convert_weights(weights, output: str, variant: str, include_top: bool = True
             model.save(local)
         else:
             write_legacy_h5(model, local)
-        parent = os.path.dirname(output)
-        if parent:
-            tf.io.gfile.makedirs(parent)
-        part = output + ".part"
-        tf.io.gfile.copy(local, part, overwrite=True)
-        tf.io.gfile.rename(part, output, overwrite=True)
+        fileio.put_file(local, output)
     return report
 
 
