@@ -293,7 +293,7 @@ class FinetuneConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.init_weights or self.freeze != "none" or self.layer_decay
-                    or self.unfreeze_at_epoch)
+                    or self.unfreeze_at_epoch or self.freeze_bn)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,6 +79,10 @@ def EfficientNet(
                 (None, None), (v.width_coefficient, v.depth_coefficient)):
             raise ValueError(f"variant={variant!r} has width {v.width_coefficient} and depth "
                              f"{v.depth_coefficient}; give no width, depth or phi with it.")
+        if (blocks, activation, fixed_stem_head) != (None, None, None):
+            raise ValueError(f"{v.constructor_name} is the registered network; for other blocks, "
+                             "activation or stem/head rule use EfficientNet(width_coefficient, "
+                             "depth_coefficient, blocks=..., activation=..., fixed_stem_head=...).")
         width_coefficient = depth_coefficient = None
     wts.check_weights_argument(weights, include_top, classes, variant=key)
     spec = resolve(key, width_coefficient=width_coefficient, depth_coefficient=depth_coefficient,

@@ -213,15 +213,18 @@ def resolve(
 
     weight_set: a published WeightSet (or anything with .normalization and .image_size) the
     model will be loaded with: "auto" normalization becomes the set's, another normalization is
-    refused, and the set's image size becomes the resolution.
+    refused, and the set's image size is the resolution unless one is given.
     Defaults: resolution and dropout are the variant's (phi: the compound-scaled resolution;
     custom width/depth: 224 px); dropout 0.2 otherwise.
     """
     if phi is not None and (width_coefficient is not None or depth_coefficient is not None):
         raise ValueError("Give either phi or width_coefficient/depth_coefficient, not both.")
     arch = registry.get_variant(variant) if variant is not None else None
+    # Exactly the registered variant (its published weights fit): nothing of its shape changed.
     exact = arch is not None and phi is None and width_coefficient is None \
-        and depth_coefficient is None
+        and depth_coefficient is None and blocks in (None, arch.blocks) \
+        and activation in (None, arch.activation) \
+        and fixed_stem_head in (None, arch.fixed_stem_head)
     if phi is not None:
         if arch is not None and (arch.fixed_stem_head or arch.blocks != B0_BLOCKS):
             raise ValueError(f"phi scales B0; {arch.full_name} has another architecture. Give "
@@ -246,8 +249,8 @@ def resolve(
     act = activation or (arch.activation if arch else "swish")
     fixed = fixed_stem_head if fixed_stem_head is not None else bool(arch and arch.fixed_stem_head)
     normalization = resolve_normalization(normalization, weight_set, arch)
-    if weight_set is not None and getattr(weight_set, "image_size", None):
-        resolution = weight_set.image_size
+    if resolution is None and weight_set is not None:
+        resolution = getattr(weight_set, "image_size", None)
     if dropout_rate is None:
         dropout_rate = arch.dropout_rate if exact else DEFAULT_DROPOUT
 

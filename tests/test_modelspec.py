@@ -65,6 +65,14 @@ def test_the_rules_live_in_resolve():
         resolve("b0", stem_strides=3)
     with pytest.raises(ValueError, match="normalization must be one of"):
         resolve("b0", normalization="caffe")
+    # A given resolution wins over the set's; another shape is no longer the variant.
+    assert resolve("l2", weight_set=get_weight_set("noisy-student-475"),
+                   resolution=300).resolution == 300
+    relu = resolve("b0", activation="relu6")
+    assert relu.variant is None and relu.activation == "relu6"
+    assert resolve("b0", activation="swish").variant == "b0"
+    with pytest.raises(ValueError, match="registered network"):
+        en.EfficientNetB0(activation="relu6")
     rates = [b.drop_rate for b in resolve("b0").blocks]
     np.testing.assert_allclose(rates, [0.2 * i / 16 for i in range(16)])
 

@@ -98,6 +98,14 @@ def test_named_weights_download_verify_cache_and_match_the_reference(archives, s
     again = W.load_weights(en.EfficientNetB0(include_top=False, input_shape=(SIZE, SIZE, 3),
                                              normalization="advprop"), "advprop", variant="b0")
     assert len(server.requests) == 1 and again.ema is True and again.skipped == ["predictions"]
+    # The converter takes the set's normalization by default and the caller's when given one
+    # (None: for inputs that come normalized), from the cache.
+    from efficientnet_tf.weights.write import build_for
+
+    assert W.model_normalization(build_for("advprop", "b0", image_size=SIZE)[0]) == "advprop"
+    plain, report = build_for("advprop", "b0", normalization=None, image_size=SIZE)
+    assert W.model_normalization(plain) is None and report.ema is True
+    assert len(server.requests) == 1
     assert again.path == str(folder / "efficientnet-b0" / "model.ckpt-1234")
     with pytest.raises(W.WeightsHashError):  # the constructor's pin: not the cached archive's
         en.EfficientNetB0(weights="advprop", include_top=False, input_shape=(SIZE, SIZE, 3),

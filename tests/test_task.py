@@ -23,6 +23,7 @@ def test_task_for_picks_fine_tuning_only_when_the_config_asks():
     assert plain.set_phase(None, 0, 10.0) is None
     tuned = tasklib.task_for(_config("finetune.freeze=block3", "finetune.unfreeze_at_epoch=1"))
     assert type(tuned) is tasklib.FinetuneTask and tuned.phase_switch_step(10.0) == 10
+    assert type(tasklib.task_for(_config("finetune.freeze_bn=true"))) is tasklib.FinetuneTask
     with pytest.raises(NotImplementedError):
         tasklib.Task().loss(None, None, None, 1, 1)
 

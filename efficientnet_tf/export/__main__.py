@@ -51,7 +51,7 @@ def run() -> str:
         config = cfglib.apply_overrides(load_run.read_run_config(FLAGS.model_dir),
                                         [f"data.image_size={FLAGS.image_size}"])
     loaded = load_run.load_model_for_export(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.use_ema,
-                                           config=config)
+                                            config=config)
     print(f"Exporting {loaded.describe()}")
     config = loaded.config
     size = FLAGS.image_size or config.data.image_size

@@ -30,7 +30,7 @@ def grid_search(base: cfglib.TrainConfig, out: str, seeds=(1,), step: float = 0.
     worker's) and returns the results. train=False only collects.
 
     best: the finished candidate (all seeds) with the highest mean top-1. profiler: a
-    space.Profiler to reuse measurements across calls. bn_batches: re-estimate BN statistics
+    space.Profiler (counts each candidate's MACs and parameters from its ModelSpec). bn_batches: re-estimate BN statistics
     on that many training batches before each evaluation (runs.train_point; for short runs).
     """
     space.partition([], num_workers, worker_index)  # bad worker flags fail before any build

@@ -1,5 +1,5 @@
 """Fine-tuning: start from pretrained weights, freeze part of the network, scale learning rates
-by depth. Used by ClassificationTask when the config's `finetune:` section asks for it.
+by depth. Used by FinetuneTask (train/task.py) when the config's `finetune:` section asks for it.
 
 Freeze specs: "none"; "backbone" (everything but the classifier); "blockN" (the stem and stages
 1..N: `block5` trains stages 6 and 7, the head conv and the classifier). A frozen layer has

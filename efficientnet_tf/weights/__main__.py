@@ -3,7 +3,7 @@
 
 <source>: anything weights= takes ("imagenet", a published set such as "advprop", a keras file,
 a TF1 checkpoint prefix or directory). <file> ends in .weights.h5, .keras or .h5 (see
-efficientnet_tf/weights/convert.py). Also: `list` prints the published sets.
+efficientnet_tf/weights/write.py). Also: `list` prints the published sets.
 """
 from __future__ import annotations
 

@@ -41,7 +41,11 @@ def build_for(weights, variant: str, include_top: bool = True, use_ema: bool = T
     from efficientnet_tf.weights.load import load_weights
     from efficientnet_tf.weights.published import get_weight_set
 
-    spec = resolve(variant, normalization=normalization, weight_set=get_weight_set(weights))
+    ws = get_weight_set(weights)
+    if normalization == "auto" or ws is None:
+        spec = resolve(variant, normalization=normalization, weight_set=ws, resolution=image_size)
+    else:  # the caller's choice, also against the set's (e.g. None: inputs come normalized)
+        spec = resolve(variant, normalization=normalization, resolution=image_size or ws.image_size)
     shape = (image_size, image_size, 3) if image_size else None
     model = build(spec, include_top=include_top, input_shape=shape,
                   classifier_activation="softmax")
