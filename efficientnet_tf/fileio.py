@@ -23,40 +23,39 @@ def is_remote(path: str) -> bool:
 def write_file(path: str, data: str | bytes) -> str:
     """Writes data to path atomically: temp file + rename (local files are fsynced first, so
     a power loss leaves the old or the new content); a plain write on gs://. The one atomic
-    writer of the package."""
+    writer of the package (put_file: the same for a finished local file)."""
     mode = "wb" if isinstance(data, bytes) else "w"
-    directory = os.path.dirname(path)
-    if not is_remote(path):
-        return _write_local(path, data, mode, directory)
-    import tensorflow as tf
 
-    tf.io.gfile.makedirs(directory)
-    if path.startswith(ATOMIC_OBJECT_WRITES):
-        with tf.io.gfile.GFile(path, mode) as f:
+    def fill(tmp, gfile=None):
+        with (gfile.GFile(tmp, mode) if gfile else open(tmp, mode)) as f:
             f.write(data)
-        return path
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with tf.io.gfile.GFile(tmp, mode) as f:
-            f.write(data)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-    return path
+
+    return _replace(path, fill)
 
 
 def put_file(local_path: str, path: str) -> str:
     """Puts a finished local file (e.g. one Keras saved) at path with write_file's guarantee:
-    the old or the new file, never half of one. Local: copied beside the target, fsynced,
-    os.replace; gs://: one upload; other filesystems: copy to a temporary name + rename."""
+    the old or the new file, never half of one."""
+    def fill(tmp, gfile=None):
+        if gfile:
+            gfile.copy(local_path, tmp, overwrite=True)
+        else:
+            shutil.copyfile(local_path, tmp)
+
+    return _replace(path, fill)
+
+
+def _replace(path: str, fill) -> str:
+    """fill(tmp[, gfile]) writes the new content; it then replaces path. Local: a temporary
+    file beside path, fsynced, os.replace; gs://: fill writes path itself (an object appears
+    whole); other filesystems: a temporary file + gfile rename."""
     directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     if not is_remote(path):
         if directory:
             os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
         try:
-            shutil.copyfile(local_path, tmp)
+            fill(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -69,32 +68,14 @@ def put_file(local_path: str, path: str) -> str:
 
     tf.io.gfile.makedirs(directory)
     if path.startswith(ATOMIC_OBJECT_WRITES):
-        tf.io.gfile.copy(local_path, path, overwrite=True)
+        fill(path, tf.io.gfile)
         return path
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
-        tf.io.gfile.copy(local_path, tmp, overwrite=True)
+        fill(tmp, tf.io.gfile)
         tf.io.gfile.rename(tmp, path, overwrite=True)
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
-    return path
-
-
-def _write_local(path: str, data, mode: str, directory: str) -> str:
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
