@@ -57,8 +57,8 @@ class SigtermWatcher:
             if signum == signal.SIGINT:
                 os.write(2, b"Ctrl-C: saving a checkpoint at the current step, then stopping "
                             b"(Ctrl-C again to stop without saving).\n")
-        self.received.set()
         self.flag.assign(1)
+        self.received.set()  # after the flag: whoever wakes on `received` sees it set
 
     def _watch(self, read_fd):
         while True:
