@@ -38,9 +38,9 @@ def build_model(model_config: ModelConfig, image_size: int, num_classes: int, *,
     (logits by default). num_replicas sizes the cross-replica BN groups (training only;
     inference does not depend on them). dtype_policy: e.g. "mixed_bfloat16" (float32 logits)."""
     m = model_config
-    if weights is not None:
-        wts.check_weights_argument(weights, True, num_classes, variant=m.to_spec().variant)
     spec = m.to_spec(image_size, weight_set=wts.get_weight_set(weights))
+    if weights is not None:
+        wts.check_weights_argument(weights, True, num_classes, variant=spec.variant)
     with dtype_policy_scope(dtype_policy):
         model = build(spec, input_shape=(image_size, image_size, 3), classes=num_classes,
                       classifier_activation=classifier_activation,

@@ -235,7 +235,7 @@ def block_layers(spec: BlockSpec, prefix: str, drop_rate: float, bn_momentum: fl
         return batch_norm(prefix + name, bn_momentum, bn_epsilon, synchronized_bn, bn_group_size)
 
     out: dict = {}
-    if spec.expand_ratio != 1:
+    if spec.expands:
         out["expand_conv"] = layers.Conv2D(filters, 1, padding="same", use_bias=False,
                                            kernel_initializer=init, name=prefix + "expand_conv")
         out["expand_bn"] = bn("expand_bn")
@@ -246,13 +246,12 @@ def block_layers(spec: BlockSpec, prefix: str, drop_rate: float, bn_momentum: fl
                                            name=prefix + "dwconv")
     out["bn"] = bn("bn")
     out["activation"] = layers.Activation(activation, name=prefix + "activation")
-    if 0 < spec.se_ratio <= 1:
-        reduced = max(1, int(spec.filters_in * spec.se_ratio))
-        out["se"] = _se_layers(filters, reduced, prefix, init)
+    if spec.has_se:
+        out["se"] = _se_layers(filters, spec.se_filters, prefix, init)
     out["project_conv"] = layers.Conv2D(spec.filters_out, 1, padding="same", use_bias=False,
                                         kernel_initializer=init, name=prefix + "project_conv")
     out["project_bn"] = bn("project_bn")
-    if spec.strides == 1 and spec.filters_in == spec.filters_out:
+    if spec.has_skip:
         if drop_rate > 0:
             out["drop"] = StochasticDepth(drop_rate, name=prefix + "drop")
         out["add"] = layers.Add(name=prefix + "add")

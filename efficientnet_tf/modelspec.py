@@ -41,7 +41,7 @@ class PlannedBlock:
 
     @property
     def expands(self) -> bool:
-        return self.block.expand_ratio != 1
+        return self.block.expands
 
     @property
     def strides(self) -> int:
@@ -49,8 +49,7 @@ class PlannedBlock:
 
     @property
     def has_skip(self) -> bool:
-        """Identity shortcut (with drop-connect): stride 1 and as many filters out as in."""
-        return self.block.strides == 1 and self.block.filters_in == self.block.filters_out
+        return self.block.has_skip
 
     @property
     def output_layer(self) -> str:
@@ -89,11 +88,6 @@ class ModelSpec:
     def num_stages(self) -> int:
         return max(b.stage for b in self.blocks)
 
-    def stage_of(self, layer_name: str) -> int | None:
-        """0 for the stem's layers, the stage of a block's layers, None for the rest (head,
-        classifier, input normalization)."""
-        return layer_stage(self.blocks, layer_name)
-
     def endpoints(self) -> dict[str, str]:
         """The TPU reference's reduction_1..reduction_N feature endpoints: the output layer of
         the last block before each stride-2 block, and of the last block."""
@@ -114,12 +108,11 @@ class ModelSpec:
         for b in self.blocks:
             s = b.block
             mid = s.filters_in * s.expand_ratio
-            if b.expands:
+            if s.expands:
                 n += s.filters_in * mid + 4 * mid
             n += s.kernel_size * s.kernel_size * mid + 4 * mid
-            if 0 < s.se_ratio <= 1:
-                r = se_filters(s)
-                n += mid * r + r + r * mid + mid
+            if s.has_se:
+                n += mid * s.se_filters + s.se_filters + s.se_filters * mid + mid
             n += mid * s.filters_out + 4 * s.filters_out
         last = self.blocks[-1].block.filters_out
         n += last * self.head_filters + 4 * self.head_filters
@@ -137,12 +130,12 @@ class ModelSpec:
         for b in self.blocks:
             s = b.block
             mid = s.filters_in * s.expand_ratio
-            if b.expands:
+            if s.expands:
                 n += h * h * s.filters_in * mid
             h = _same(h, s.strides)
             n += h * h * s.kernel_size * s.kernel_size * mid
-            if 0 < s.se_ratio <= 1:
-                n += 2 * mid * se_filters(s)
+            if s.has_se:
+                n += 2 * mid * s.se_filters
             n += h * h * mid * s.filters_out
         n += h * h * self.blocks[-1].block.filters_out * self.head_filters
         if include_top:
@@ -152,11 +145,6 @@ class ModelSpec:
 
 def _same(size: int, strides: int) -> int:
     return -(-size // strides)  # TensorFlow 'SAME' padding: ceil(size / strides)
-
-
-def se_filters(block: BlockSpec) -> int:
-    """Squeeze-excite bottleneck width: se_ratio of the block's input filters (at least 1)."""
-    return max(1, int(block.filters_in * block.se_ratio))
 
 
 def layer_stage(blocks, layer_name: str) -> int | None:

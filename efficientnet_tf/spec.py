@@ -17,6 +17,25 @@ class BlockSpec:
     filters_out: int
     se_ratio: float = 0.25
 
+    # What a block (repeats 1, width-scaled) is made of: the builder and the counts ask here.
+    @property
+    def expands(self) -> bool:
+        return self.expand_ratio != 1
+
+    @property
+    def has_se(self) -> bool:
+        return 0 < self.se_ratio <= 1
+
+    @property
+    def se_filters(self) -> int:
+        """Squeeze-excite width: se_ratio of the block's INPUT filters (at least 1)."""
+        return max(1, int(self.filters_in * self.se_ratio))
+
+    @property
+    def has_skip(self) -> bool:
+        """Identity shortcut (with drop-connect): stride 1 and as many filters out as in."""
+        return self.strides == 1 and self.filters_in == self.filters_out
+
 
 # The EfficientNet-B0 stage table (Tan & Le 2019, Table 1).
 B0_BLOCKS: tuple[BlockSpec, ...] = (

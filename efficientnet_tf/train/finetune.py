@@ -26,8 +26,9 @@ def _stages(model) -> dict:
     return {la.name: layer_stage(plan, la.name) for la in model.layers}
 
 
-def num_stages(model) -> int:
-    return max((s or 0) for s in _stages(model).values())
+def num_stages(model, stages: dict | None = None) -> int:
+    """The model's last stage (stages: its _stages map, when already made)."""
+    return max((s or 0) for s in (stages or _stages(model)).values())
 
 
 def parse_freeze(spec: str | None) -> str:
@@ -49,11 +50,11 @@ def frozen_layers(model, spec: str) -> list:
     if spec == "backbone":
         frozen = [la for la in weighted if la.name != HEAD]
     else:
-        n, stages = int(spec[len("block"):]), num_stages(model)
+        stage = _stages(model)
+        n, stages = int(spec[len("block"):]), num_stages(model, stage)
         if n >= stages:
             raise ValueError(f"freeze {spec!r} freezes every stage of this model (it has "
                              f"{stages}); use block1..block{stages - 1}, or backbone.")
-        stage = _stages(model)
         frozen = [la for la in weighted if stage[la.name] is not None and stage[la.name] <= n]
     trainable = [la for la in weighted if la not in frozen and la.trainable_weights]
     if not frozen:
@@ -86,7 +87,7 @@ def layer_lr_scales(model, decay: float) -> dict:
     if not 0 < decay < 1:
         raise ValueError(f"finetune.layer_decay must be in (0, 1], got {decay}.")
     stage = _stages(model)
-    stages = max((s or 0) for s in stage.values())
+    stages = num_stages(model, stage)
     out = {}
     for la in model.layers:
         s = stage[la.name]

@@ -361,7 +361,6 @@ class Trainer:
             self._eval_pass = EvalPass(self.task, self.model, self.strategy,
                                        self.config.eval_batch_size, counts=self._counter("eval"))
         use_ema = bool(use_ema and self.ema is not None)
-        self._counts["eval"].assign([0, 0])
         with self.ema_weights() if use_ema else contextlib.nullcontext():
             result = self._eval_pass()
         # skipped: over all workers (each worker's pipeline counts its own share).
