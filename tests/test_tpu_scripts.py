@@ -612,8 +612,11 @@ def test_remote_job_detaches_records_pid_and_exit_code_and_never_starts_twice(tm
     p = subprocess.Popen(["bash", "-c", f"set -m; {line}"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, HOME=str(tmp_path)))
     assert p.wait(timeout=10) == 0
-    ready, _, _ = select.select([p.stdout, p.stderr], [], [], 5)
-    assert len(ready) == 2 and p.stdout.read() == b"" and p.stderr.read() == b""
+    # Both pipes reach EOF while the job still waits for `gate`. select returns as soon as one
+    # is ready (the job's redirections close stdout, then stderr), so wait for each in turn.
+    for pipe in (p.stdout, p.stderr):
+        ready, _, _ = select.select([pipe], [], [], 5)
+        assert ready == [pipe] and pipe.read() == b""
     assert _wait_for(tmp_path / "run.pid").isdigit()
     assert _vm_shell(status, tmp_path).stdout.strip() == "running"
     again = _vm_shell(line, tmp_path)
