@@ -35,6 +35,9 @@ setup(
             "pillow>=10",
             "scikit-image>=0.22",
             "tensorflow-serving-api>=2.21,<2.22",
+            # tests/test_backends.py runs the model and recipe.py under KERAS_BACKEND=jax;
+            # the CPU build is enough (PyTorch is left out: docs/training.md).
+            "jax[cpu]>=0.4.36",
         ],
     },
 )

@@ -15,12 +15,8 @@ import contextlib
 
 import tensorflow as tf
 
-
-def averaged_variables(model) -> list:
-    """The model variables the EMA averages: all floating-point model weights, i.e. trainable
-    variables plus non-trainable ones such as BN moving_mean/moving_variance. Optimizer state
-    and integer state (e.g. RNG seeds) are not included."""
-    return [v for v in model.weights if v.dtype in ("float32", "float64", "float16", "bfloat16")]
+# The weights averaged (floating point: trainable ones and BN statistics), one pick for both EMAs.
+from efficientnet_tf.recipe import averaged_variables
 
 
 class ExponentialMovingAverage(tf.Module):

@@ -207,6 +207,13 @@ class GroupBatchNormalization(layers.BatchNormalization):
         super().__init__(**kwargs)
         if int(group_size) < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}.")
+        if int(group_size) > 1 and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"GroupBatchNormalization(group_size={group_size}) pools statistics through "
+                f"tf.distribute, which the {keras.backend.backend()!r} Keras backend does not "
+                "use: build the model with group_size 1 (bn_group_size=None), or train with "
+                "KERAS_BACKEND=tensorflow through the TensorFlow training job "
+                "(python -m efficientnet_tf.train).")
         self.group_size = int(group_size)
 
     def _moments(self, inputs, mask):
@@ -256,6 +263,19 @@ def block_layers(spec: BlockSpec, prefix: str, drop_rate: float, bn_momentum: fl
             out["drop"] = StochasticDepth(drop_rate, name=prefix + "drop")
         out["add"] = layers.Add(name=prefix + "add")
     return out
+
+
+_BLOCK_KEYS = ("expand_conv", "expand_bn", "expand_activation", "dwconv", "bn", "activation",
+               "project_conv", "project_bn", "drop", "add")
+_SE_KEYS = ("squeeze", "reduce", "expand", "excite")
+
+
+def block_layers_of(layers_by_name: dict, prefix: str) -> dict:
+    """The block_layers dict of a built model's block `prefix` (layers_by_name: name -> layer)."""
+    blk = {k: layers_by_name[prefix + k] for k in _BLOCK_KEYS if prefix + k in layers_by_name}
+    if prefix + "se_squeeze" in layers_by_name:
+        blk["se"] = {k: layers_by_name[prefix + "se_" + k] for k in _SE_KEYS}
+    return blk
 
 
 def apply_block(blk: dict, inputs, training=None):

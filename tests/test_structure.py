@@ -14,7 +14,8 @@ PKG = os.path.join(REPO, "efficientnet_tf")
 LAYERS = {
     "basics": {"constants", "spec", "scaling", "modelspec", "config", "fileio", "rundir"},
     "data": {"data"},
-    "model": {"layers", "builder", "model", "weights", "profile", "imagenet", "ema", "factory"},
+    "model": {"layers", "builder", "model", "weights", "profile", "imagenet", "ema", "factory",
+              "recipe", "recompute"},
     "products": {"export"},
     "orchestration": {"train", "research"},
     "entry points": {"demo", "evaluate", "predict"},
