@@ -63,40 +63,79 @@ def build(spec: ModelSpec, *, include_top: bool = True, input_tensor=None, input
     else:
         img_input = input_tensor
 
-    x = img_input
-    if spec.normalization is not None:
-        mean, std = NORMALIZATIONS[spec.normalization]
-        x = layers.Rescaling(1.0 / 255.0, name="rescaling")(x)
-        x = enl.Normalize(mean, tuple(s * s for s in std), name="normalization")(x)
-    x = layers.Conv2D(spec.stem_filters, 3, strides=spec.stem_strides, padding="same",
-                      use_bias=False, kernel_initializer=init, name="stem_conv")(x)
-    x = bn("stem_bn")(x)
-    x = layers.Activation(spec.activation, name="stem_activation")(x)
-
+    # Each part is made just before it is wired: the layers draw their initial values and RNG
+    # seeds in this order (a seeded build gives the same weights as ever).
+    x = _run(_stem_layers(spec, init, bn), img_input)
     for b in spec.blocks:
         blk = enl.block_layers(b.block, b.prefix, b.drop_rate, spec.bn_momentum, spec.bn_epsilon,
                                truncated_init, synchronized_bn, bn_group_size,
                                activation=spec.activation)
         x = enl.apply_block(blk, x)
-
-    x = layers.Conv2D(spec.head_filters, 1, padding="same", use_bias=False,
-                      kernel_initializer=init, name="top_conv")(x)
-    x = bn("top_bn")(x)
-    x = layers.Activation(spec.activation, name="top_activation")(x)
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if spec.dropout_rate > 0:
-            x = layers.Dropout(spec.dropout_rate, name="top_dropout")(x)
-        # Logits and probabilities stay float32 under a mixed (bfloat16) policy.
-        x = layers.Dense(classes, activation=classifier_activation, dtype="float32",
-                         kernel_initializer=enl.dense_kernel_initializer(),
-                         name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    x = _run(_head_layers(spec, include_top, pooling, classes, classifier_activation, init, bn), x)
 
     inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img_input
     model = keras.Model(inputs, x, name=spec.name)
     setattr(model, SPEC_ATTRIBUTE, spec)
     return model
+
+
+def _stem_layers(spec, init, bn) -> list:
+    stem = []
+    if spec.normalization is not None:
+        mean, std = NORMALIZATIONS[spec.normalization]
+        stem += [layers.Rescaling(1.0 / 255.0, name="rescaling"),
+                 enl.Normalize(mean, tuple(s * s for s in std), name="normalization")]
+    return stem + [layers.Conv2D(spec.stem_filters, 3, strides=spec.stem_strides, padding="same",
+                                 use_bias=False, kernel_initializer=init, name="stem_conv"),
+                   bn("stem_bn"), layers.Activation(spec.activation, name="stem_activation")]
+
+
+def _head_layers(spec, include_top, pooling, classes, classifier_activation, init, bn) -> list:
+    head = [layers.Conv2D(spec.head_filters, 1, padding="same", use_bias=False,
+                          kernel_initializer=init, name="top_conv"),
+            bn("top_bn"), layers.Activation(spec.activation, name="top_activation")]
+    if include_top:
+        head.append(layers.GlobalAveragePooling2D(name="avg_pool"))
+        if spec.dropout_rate > 0:
+            head.append(layers.Dropout(spec.dropout_rate, name="top_dropout"))
+        # Logits and probabilities stay float32 under a mixed precision policy.
+        head.append(layers.Dense(classes, activation=classifier_activation, dtype="float32",
+                                 kernel_initializer=enl.dense_kernel_initializer(),
+                                 name="predictions"))
+    elif pooling == "avg":
+        head.append(layers.GlobalAveragePooling2D(name="avg_pool"))
+    elif pooling == "max":
+        head.append(layers.GlobalMaxPooling2D(name="max_pool"))
+    return head
+
+
+def _run(part: list, x, training=None):
+    for layer in part:
+        if training is not None and isinstance(layer, (layers.BatchNormalization, layers.Dropout)):
+            x = layer(x, training=training)
+        else:
+            x = layer(x)
+    return x
+
+
+def forward(parts: dict, x, training=None, apply_block=enl.apply_block):
+    """Runs a built model's layers (parts_of) on x as build() wired them; another apply_block
+    changes how each block runs (gradient checkpointing: recompute.py)."""
+    x = _run(parts["stem"], x, training)
+    for blk in parts["blocks"]:
+        x = apply_block(blk, x, training=training)
+    return _run(parts["head"], x, training)
+
+
+_STEM = ("rescaling", "normalization", "stem_conv", "stem_bn", "stem_activation")
+_HEAD = ("top_conv", "top_bn", "top_activation", "avg_pool", "max_pool", "top_dropout",
+         "predictions")
+
+
+def parts_of(model: keras.Model, spec: ModelSpec) -> dict:
+    """A built model's layers by part, {"stem", "blocks" (block_layers dicts), "head"} (spec:
+    the model's, modelspec.spec_of)."""
+    by_name = {layer.name: layer for layer in model.layers}
+    return {"stem": [by_name[n] for n in _STEM if n in by_name],
+            "blocks": [enl.block_layers_of(by_name, b.prefix) for b in spec.blocks],
+            "head": [by_name[n] for n in _HEAD if n in by_name]}

@@ -42,6 +42,8 @@ IMAGENET_RECIPE = "imagenet"  # configs/imagenet.yaml: the recipe behind efficie
 OPTIMIZERS = ("rmsprop_tf1", "rmsprop", "sgd", "adam")
 SCHEDULES = ("exponential", "cosine", "constant")
 RESUME_DATA = ("reseed", "skip", "restart")
+PRECISIONS = ("float32", "bfloat16", "float16")
+RECOMPUTE = ("none", "blocks")
 
 
 def _fail(msg: str) -> typing.NoReturn:
@@ -77,6 +79,9 @@ class ModelConfig:
     # (x / 127.5 - 1), "lite" ((x - 127) / 128), null (inputs come normalized), or "auto": the
     # variant's ("lite" for EfficientNet-Lite, else "imagenet").
     normalization: str | None = "auto"
+    # Gradient checkpointing: "blocks" keeps only each MBConv block's input for the backward
+    # pass and recomputes the rest (less activation memory, about one more forward pass).
+    recompute: str = "none"
 
     def __post_init__(self):
         custom = self.width_coefficient is not None or self.depth_coefficient is not None
@@ -99,6 +104,8 @@ class ModelConfig:
         if self.normalization not in (None, "auto", *constants.NORMALIZATIONS):
             _fail(f"model.normalization must be auto, "
                   f"{', '.join(constants.NORMALIZATIONS)} or null, got {self.normalization!r}.")
+        if self.recompute not in RECOMPUTE:
+            _fail(f"model.recompute must be {' or '.join(RECOMPUTE)}, got {self.recompute!r}.")
         if self.synchronized_bn and self.bn_group_size not in (None, 1):
             _fail("model: synchronized_bn=true pools BN over all replicas; it cannot be combined "
                   "with bn_group_size. Set one of them.")
@@ -161,7 +168,7 @@ class DataConfig:
     cache: bool = False  # cache the serialized records in memory (small data sets)
     deterministic: bool = False  # fixed element order; with `seed`, also reproducible crops/flips
     seed: int | None = None  # None in a TrainConfig: the top-level seed
-    image_dtype: str | None = None  # uint8 | float32 | bfloat16; None: follows use_bfloat16
+    image_dtype: str | None = None  # uint8 | float32 | bfloat16; None: follows precision
     augment_name: str | None = None  # None | autoaugment | randaugment
     randaug_num_layers: int = 2
     randaug_magnitude: float = 10.0
@@ -311,7 +318,11 @@ class TrainConfig:
     steps_per_execution: int = 1251  # the reference's iterations_per_loop
     checkpoint_every_steps: int | None = None  # None: once per epoch
     keep_checkpoints: int = 5
-    use_bfloat16: bool = False  # bfloat16 activations; float32 variables, logits and loss
+    # Activations in float32, bfloat16 (TPU, A100/H100) or float16 (with dynamic loss scaling:
+    # V100, T4); variables, logits and loss stay float32. `use_bfloat16` is read as precision.
+    precision: str = "float32"
+    loss_scale_initial: float = 2.0 ** 15  # float16: the first loss scale (halves on overflow)
+    accumulate_steps: int = 1  # micro-batches of train_batch_size / k per optimizer step
     seed: int | None = None  # seeds the model's initialization and, unless data.seed, the data
     resume_data: str = "reseed"  # after a restart: reseed the input stream | skip (replay) | restart
     on_nonfinite: str = "stop"  # NaN/Inf loss: stop | restore (the last good checkpoint, go on)
@@ -331,7 +342,15 @@ class TrainConfig:
         if self.on_nonfinite not in ("stop", "restore") or self.max_nonfinite_restores < 0:
             _fail(f"on_nonfinite must be stop or restore (max_nonfinite_restores >= 0), got "
                   f"{self.on_nonfinite!r} / {self.max_nonfinite_restores}.")
-        derived = _derived_values(self.model, self.seed, self.use_bfloat16)
+        if self.precision not in PRECISIONS:
+            _fail(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        if not self.loss_scale_initial > 0:
+            _fail(f"loss_scale_initial must be > 0, got {self.loss_scale_initial}.")
+        if self.accumulate_steps < 1 or self.train_batch_size % self.accumulate_steps:
+            _fail(f"accumulate_steps={self.accumulate_steps} must be >= 1 and divide "
+                  f"train_batch_size={self.train_batch_size} (each optimizer step sums "
+                  f"{self.accumulate_steps} micro-batches of train_batch_size / accumulate_steps).")
+        derived = _derived_values(self.model, self.seed, self.precision)
         data = {k: v for k, v in derived.items()
                 if k.startswith("data.") and getattr(self.data, k[5:]) is None}
         if data:
@@ -340,6 +359,16 @@ class TrainConfig:
         if self.model.dropout_rate is None:
             object.__setattr__(self, "model", dataclasses.replace(
                 self.model, dropout_rate=derived["model.dropout_rate"]))
+
+    @property
+    def use_bfloat16(self) -> bool:
+        """The older setting: precision == "bfloat16"."""
+        return self.precision == "bfloat16"
+
+    @property
+    def dtype_policy(self) -> str | None:
+        """The Keras mixed-precision policy the model is built under (None: float32)."""
+        return {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}.get(self.precision)
 
 
 def check_for_training(config: TrainConfig) -> None:
@@ -350,14 +379,14 @@ def check_for_training(config: TrainConfig) -> None:
               "the model and the data) or data.seed.")
 
 
-def _derived_values(model: ModelConfig, seed: int | None, use_bfloat16: bool) -> dict:
+def _derived_values(model: ModelConfig, seed: int | None, precision: str) -> dict:
     """The values a TrainConfig derives when the recipe leaves them out, by dotted key. The
     input images are bfloat16 when the model computes in bfloat16 (as the TPU reference ties
     them), float32 otherwise."""
     implied = dataclasses.replace(model, dropout_rate=None).to_spec()
     resolution, dropout = implied.resolution, implied.dropout_rate
     return {"data.image_size": resolution, "model.dropout_rate": dropout, "data.seed": seed,
-            "data.image_dtype": "bfloat16" if use_bfloat16 else "float32"}
+            "data.image_dtype": "bfloat16" if precision == "bfloat16" else "float32"}
 
 
 # Which keys each derived value follows (see apply_overrides).
@@ -367,7 +396,7 @@ _DERIVED_FROM = {
     "model.dropout_rate": ("model.model_name", "model.phi", "model.width_coefficient",
                            "model.depth_coefficient"),
     "data.seed": ("seed",),
-    "data.image_dtype": ("use_bfloat16",),
+    "data.image_dtype": ("precision",),
 }
 # Keys of older config files, read as the key that holds the value now.
 _ALIASES = {"model.num_classes": "data.num_classes"}
@@ -466,7 +495,18 @@ def _migrate(values: dict, where: str) -> dict:
                 _fail(f"{old} ({value}) and {new} ({target[new_f]}) differ in {where}; "
                       f"{new} alone holds the value now.")
             target.setdefault(new_f, value)
+    if "use_bfloat16" in values:  # the older precision switch
+        value = values.pop("use_bfloat16")
+        precision = _precision_of_use_bfloat16(value, where)
+        if "precision" in values and values["precision"] != precision:
+            _fail(f"use_bfloat16 ({value}) and precision ({values['precision']}) differ in "
+                  f"{where}; give precision alone (float32, bfloat16 or float16).")
+        values.setdefault("precision", precision)
     return values
+
+
+def _precision_of_use_bfloat16(value, where: str) -> str:
+    return "bfloat16" if _coerce(value, bool, f"use_bfloat16 in {where}") else "float32"
 
 
 def config_from_dict(values: dict, where: str = "<dict>") -> TrainConfig:
@@ -557,6 +597,8 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
         if not sep or not key:
             _fail(f"Override {item!r} must look like key=value, e.g. optimizer.lr=0.1.")
         spelled, key = key, _ALIASES.get(key, key)
+        if key == "use_bfloat16":  # the older precision switch
+            key, raw = "precision", _precision_of_use_bfloat16(raw.strip(), f"override {item!r}")
         parts = key.split(".")
         if len(parts) > 2:
             _fail(f"Override key {key!r} has too many dots; use section.field or field.")
@@ -587,7 +629,7 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
                   f"{set_keys[key][0]}) and {parsed!r} (as {spelled}); give it once.")
         target[field] = parsed
         set_keys[key] = (spelled, parsed)
-    old = _derived_values(config.model, config.seed, config.use_bfloat16)
+    old = _derived_values(config.model, config.seed, config.precision)
     for key, sources in _DERIVED_FROM.items():
         section, field = key.split(".")
         if key not in set_keys and any(s in set_keys for s in sources) and (

@@ -130,6 +130,10 @@ def test_overrides_convert_types():
     ("data.image_size=abc", "cannot convert 'abc' to int"),
     ("data.image_size=12.5", "cannot convert 12.5 to int"),
     ("use_bfloat16=maybe", "cannot convert 'maybe' to bool"),
+    ("precision=float8", "precision must be one of float32, bfloat16, float16"),
+    ("model.recompute=all", "model.recompute must be none or blocks"),
+    ("accumulate_steps=3", "accumulate_steps=3 must be >= 1 and divide train_batch_size=4096"),
+    ("accumulate_steps=0", "accumulate_steps=0 must be >= 1"),
     ("train_batch_size=none", "cannot be empty"),
     ("optimizer.name=lamb", "optimizer.name must be one of"),
     ("model=b1", "set single fields"),
@@ -259,6 +263,26 @@ def test_old_module_name_still_works_and_warns():
     with pytest.warns(DeprecationWarning, match="moved to efficientnet_tf.config"):
         old = importlib.import_module("efficientnet_tf.train.config")
     assert old.load_config is cfg.load_config and old.DataSection is cfg.DataConfig
+
+
+def test_precision_is_one_setting_and_use_bfloat16_still_reads_as_it(tmp_path):
+    b0 = cfg.load_config("efficientnet-b0")
+    assert (b0.precision, b0.dtype_policy) == ("bfloat16", "mixed_bfloat16")
+    fp16 = cfg.apply_overrides(b0, ["precision=float16"])
+    assert (fp16.dtype_policy, fp16.data.image_dtype, fp16.use_bfloat16) == (
+        "mixed_float16", "float32", False)
+    assert cfg.apply_overrides(b0, ["use_bfloat16=false"]).precision == "float32"
+    assert cfg.apply_overrides(fp16, ["use_bfloat16=true"]).precision == "bfloat16"
+    with pytest.raises(ValueError, match="give it once"):
+        cfg.apply_overrides(b0, ["use_bfloat16=true", "precision=float16"])
+    # A config.yaml written before `precision` existed.
+    old = tmp_path / "old.yaml"
+    old.write_text("use_bfloat16: true\ntrain_batch_size: 64\n")
+    assert cfg.load_config(str(old)).precision == "bfloat16"
+    old.write_text("use_bfloat16: true\nprecision: float16\n")
+    with pytest.raises(ValueError, match="use_bfloat16 .True. and precision .float16. differ"):
+        cfg.load_config(str(old))
+    assert "use_bfloat16" not in cfg.dump_config(fp16) and "precision: float16" in cfg.dump_config(fp16)
 
 
 def test_the_input_dtype_follows_the_precision_unless_a_recipe_sets_it():

@@ -150,6 +150,26 @@ def test_mirrored_two_replicas_match_single_replica(tmp_path, single_run):
     assert_weights_close(mirrored["weights"], single_run["weights"], atol=1e-4)
 
 
+def test_float16_with_accumulation_on_two_replicas(tmp_path):
+    """MirroredStrategy: float16 with accumulated micro-batches equals one replica (a scale
+    that never overflows here); and a forced overflow is skipped on both replicas alike (the
+    decision is all-reduced: a replica that went on alone would hang the next all-reduce)."""
+    more = ["--sync_bn", "--override=precision=float16", "--override=accumulate_steps=2"]
+    one = run_worker(tmp_path / "one", 3, "default", *more, "--override=loss_scale_initial=256")
+    two = run_worker(tmp_path / "two", 3, "mirrored", "--cpus=2", *more,
+                     "--override=loss_scale_initial=256")
+    assert one["skipped_steps"] == two["skipped_steps"] == 0
+    # float16 rounding differs with the per-replica batch: agreement to a few 1e-3.
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=5e-3)
+    assert_weights_close(two["weights"], one["weights"], atol=3e-3)
+    forced = run_worker(tmp_path / "forced", 3, "mirrored", "--cpus=2", *more,
+                        f"--override=loss_scale_initial={2 ** 24}")
+    assert forced["skipped_steps"] >= 1 and forced["step"] == 3
+    assert forced["loss_scale"] == 2 ** 24 / 2 ** forced["skipped_steps"]
+    assert forced["losses"][0] is None  # the first call's only step was skipped
+    assert all(np.isfinite(np.array(w, dtype=np.float64)).all() for w in forced["weights"])
+
+
 @pytest.mark.slow
 def test_bn_groups_of_two_on_four_replicas_match_per_replica_bn_on_two(tmp_path):
     """Slow (three 4-CPU training processes); the fast set checks the same group statistics
@@ -271,15 +291,17 @@ def test_entry_point_stops_at_start_up_with_a_clear_message(tmp_path, args, mess
 
 
 
-def _bfloat16_nodes(graph_def):
-    """Names of the nodes (functions included) that compute in or output bfloat16."""
-    bf16 = tf.bfloat16.as_datatype_enum
+def _nodes_in(graph_def, dtype):
+    """Names of the nodes (functions included) that compute in or output `dtype`."""
+    enum = dtype.as_datatype_enum
     nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
     return [n.name for n in nodes for a in n.attr.values()
-            if a.type == bf16 or bf16 in a.list.type]
+            if a.type == enum or enum in a.list.type]
 
 
-def test_export_after_a_bfloat16_run_computes_in_float32_and_leaves_no_global_state(tmp_path):
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_export_after_a_mixed_precision_run_computes_in_float32_and_leaves_no_global_state(
+        tmp_path, precision):
     import random
 
     from tensorflow.core.protobuf import saved_model_pb2
@@ -290,7 +312,7 @@ def test_export_after_a_bfloat16_run_computes_in_float32_and_leaves_no_global_st
     config = tiny_config(
         "data.synthetic=true",
         "data.image_size=16", "train_batch_size=4", "eval_batch_size=4", "train_steps=1",
-        "use_bfloat16=true", "steps_per_execution=1", "seed=1")
+        f"precision={precision}", "steps_per_execution=1", "seed=1")
     # Draws from every global generator, without and then with a seeded Trainer in between.
     def draws():
         return (random.random(), np.random.rand(), float(tf.random.uniform([])),
@@ -306,7 +328,8 @@ def test_export_after_a_bfloat16_run_computes_in_float32_and_leaves_no_global_st
     cfglib.save_config(config, str(tmp_path / "m"))
     spec = tf.TensorSpec([1, 16, 16, 3], tf.float32)
     trained = tf.function(lambda x: trainer.model(x, training=False)).get_concrete_function(spec)
-    assert _bfloat16_nodes(trained.graph.as_graph_def())  # the check sees bfloat16 when present
+    dtype = tf.as_dtype(precision)
+    assert _nodes_in(trained.graph.as_graph_def(), dtype)  # the check sees it when present
 
     loaded = load_model_for_export(str(tmp_path / "m"))
     path = export_saved_model(loaded.model, str(tmp_path / "export"), outputs_are_logits=True)
@@ -315,7 +338,7 @@ def test_export_after_a_bfloat16_run_computes_in_float32_and_leaves_no_global_st
         proto.ParseFromString(f.read())
     graph = proto.meta_graphs[0].graph_def
     assert len(graph.library.function) > 3
-    assert _bfloat16_nodes(graph) == []
+    assert _nodes_in(graph, dtype) == []
     images = tf.random.stateless_uniform([1, 16, 16, 3], [1, 2], 0, 255)
     served = tf.saved_model.load(path).signatures["serving_float"](images=images)
     float32 = tf.nn.softmax(loaded.model(images, training=False))

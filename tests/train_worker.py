@@ -21,13 +21,13 @@ GLOBAL_BATCH = 8
 SIZE = 32
 
 
-def dataset_fn_for(x, y):
+def dataset_fn_for(x, y, batch=GLOBAL_BATCH):
     def fn(ctx):
         replicas = ctx.num_replicas_in_sync
-        per = GLOBAL_BATCH // replicas
+        per = batch // replicas
         mine = replicas // ctx.num_input_pipelines
         first = ctx.input_pipeline_id * mine
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(GLOBAL_BATCH, drop_remainder=True)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch, drop_remainder=True)
 
         def split(images, labels):  # this pipeline's replicas' slices of the global batch
             images = tf.reshape(images, [replicas, per, SIZE, SIZE, 3])[first:first + mine]
@@ -67,6 +67,7 @@ def main():
     p.add_argument("--bn_group", type=int, default=None, help="model.bn_group_size")
     p.add_argument("--drop", type=float, default=0.0)
     p.add_argument("--log", action="store_true", help="print the trainer's log lines")
+    p.add_argument("--override", action="append", default=[], help="more config overrides")
     p.add_argument("--slow_save", type=float, default=0.0,
                    help="widen each checkpoint save: after its files are written and before the "
                         "'checkpoint' state file names it, write MODEL_DIR/saving (the "
@@ -91,13 +92,15 @@ def main():
         f"data.image_size={SIZE}", "data.synthetic=true", f"train_batch_size={GLOBAL_BATCH}",
         "eval_batch_size=8", "steps_per_execution=1", f"checkpoint_every_steps={a.ckpt_every}",
         "seed=7", "resume_data=skip", "optimizer.warmup_epochs=0.5", "optimizer.ema_decay=0.9",
-        f"train_steps={a.steps}", "keep_checkpoints=100",
+        f"train_steps={a.steps}", "keep_checkpoints=100", *a.override,
     ])
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (64, SIZE, SIZE, 3)).astype("float32")
     y = (x.mean(axis=(1, 2, 3)) > 127.5).astype("int32") + 2 * (x[:, :16].mean(axis=(1, 2, 3)) > 127.5)
     strategy = make_strategy(a.strategy)
-    trainer = Trainer(config, a.model_dir, strategy, train_dataset_fn=dataset_fn_for(x, y),
+    micro_batch = GLOBAL_BATCH // config.accumulate_steps
+    trainer = Trainer(config, a.model_dir, strategy,
+                      train_dataset_fn=dataset_fn_for(x, y, micro_batch),
                       num_train_examples=64, log=print if a.log else (lambda *_: None))
     if trainer.train().get("preempted"):
         sys.stdout.flush()
@@ -109,6 +112,9 @@ def main():
         ema = [s.read_value().numpy().tolist() for s in trainer.ema.shadows]
         out = {"losses": losses, "step": int(trainer.optimizer.iterations.numpy()),
                "weights": weights, "ema": ema}
+        if trainer.loss_scale is not None:
+            out["loss_scale"] = float(trainer.loss_scale.scale.numpy())
+            out["skipped_steps"] = int(trainer.loss_scale.skipped.numpy())
         tmp = os.path.join(a.model_dir, "result.json.tmp")
         with open(tmp, "w") as f:
             json.dump(out, f)

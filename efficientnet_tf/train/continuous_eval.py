@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 
 import tensorflow as tf
@@ -76,9 +77,12 @@ def plot_history(model_dir: str, out_name: str = "training_curves.png") -> str |
 
     epochs = [r["epoch"] for r in recs]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [r["loss"] for r in recs], label="train")
+    def train(key):  # None: a float16 call whose every step was skipped
+        return [math.nan if r.get(key) is None else r[key] for r in recs]
+
+    axes[0].plot(epochs, train("loss"), label="train")
     axes[0].set_title("loss (cross-entropy)")
-    axes[1].plot(epochs, [r["accuracy"] for r in recs], label="train")
+    axes[1].plot(epochs, train("accuracy"), label="train")
     ev = [(r["epoch"], r["eval"]) for r in recs if "eval" in r]
     if ev:
         axes[0].plot([e for e, _ in ev], [v["loss"] for _, v in ev], "o-", label="eval")

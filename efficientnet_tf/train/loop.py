@@ -23,6 +23,7 @@ from efficientnet_tf import fileio
 from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.ema import ExponentialMovingAverage
 from efficientnet_tf.train import preemption
+from efficientnet_tf.train.loss_scale import DynamicLossScale
 from efficientnet_tf.train.strategy import per_replica_batch_size
 from efficientnet_tf.train.evaluation import EvalPass
 from efficientnet_tf.train.task import Task, task_for
@@ -47,8 +48,16 @@ class Trainer:
         self.log = log
         self.jit_compile = jit_compile
         tf.io.gfile.makedirs(model_dir)
-        self.global_batch = config.train_batch_size
-        self.per_replica = per_replica_batch_size(self.global_batch, self.strategy)
+        self.global_batch = config.train_batch_size  # per optimizer step
+        # Gradient accumulation: each optimizer step sums the gradients of k micro-batches.
+        self.accumulate_steps = k = config.accumulate_steps
+        self.micro_batch = self.global_batch // k
+        if self.micro_batch % self.strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"train_batch_size / accumulate_steps = {self.micro_batch} images per "
+                f"micro-batch is not divisible by the {self.strategy.num_replicas_in_sync} "
+                "replicas; choose train_batch_size and accumulate_steps so that it is.")
+        self.per_replica = per_replica_batch_size(self.micro_batch, self.strategy)
         per_replica_batch_size(config.eval_batch_size, self.strategy)
         self.num_train_examples = n_train = self.task.num_train_examples()
         self.steps_per_epoch = max(1, n_train // self.global_batch)
@@ -67,12 +76,22 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             decay = config.optimizer.ema_decay
             self.ema = ExponentialMovingAverage(self.model, decay) if decay else None
+            self.loss_scale = (DynamicLossScale(config.loss_scale_initial)
+                               if config.precision == "float16" else None)
+            # Summed micro-batch gradients, each replica its own (summed on read).
+            self._accumulated = {id(v): tf.Variable(
+                tf.zeros(v.shape, v.dtype), trainable=False, name="accumulated_grad",
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.SUM)
+                for v in self.model.trainable_variables} if k > 1 else None
         # Keras keeps the dropout / drop-connect RNG states outside model.weights: checkpoint
         # them too, so a resumed run draws the same masks as an uninterrupted one.
         rng = [layer.seed_generator.state for layer in self.model.layers
                if getattr(layer, "seed_generator", None) is not None]
+        extra = {**({"ema": self.ema} if self.ema else {}),
+                 **({"loss_scale": self.loss_scale} if self.loss_scale else {})}
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              rng=rng, **({"ema": self.ema} if self.ema else {}))
+                                              rng=rng, **extra)
         # Multi-worker: every worker must take part in a save, but only the chief's survives.
         self.is_chief = _is_chief(self.strategy)
         ckpt_dir = model_dir if self.is_chief else os.path.join(
@@ -99,10 +118,16 @@ class Trainer:
         self._eval_pass = None
 
     # ---------------------------------------------------------------- data
-    def _train_dataset(self, start_step: int):
+    def _train_dataset(self, start_batch: int):
         return self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.task.train_dataset(ctx, self.global_batch, start_step,
+            lambda ctx: self.task.train_dataset(ctx, self.micro_batch, start_batch,
                                                 counts=self._counter("train")))
+
+    def batches_drawn(self) -> int:
+        """Batches the optimizer steps so far consumed: (steps + skipped float16 steps) x
+        accumulate_steps (where a resumed run's input stream goes on from)."""
+        skipped = int(self.loss_scale.skipped.numpy()) if self.loss_scale else 0
+        return (int(self.optimizer.iterations.numpy()) + skipped) * self.accumulate_steps
 
     def _counter(self, split):
         """The CPU variable counting this split's (read, skipped) images, None where the input
@@ -136,18 +161,54 @@ class Trainer:
         return skipped
 
     # ---------------------------------------------------------------- steps
-    def _replica_train_step(self, images, labels):
+    def _gradients(self, images, labels):
+        """(variables, gradients, metric sums) of one (micro-)batch on this replica."""
+        # The L2 term is added once per update: split over the replicas and micro-batches.
+        terms = self.strategy.num_replicas_in_sync * self.accumulate_steps
         with tf.GradientTape() as tape:
             loss, ce, logits = self.task.loss(self.model, images, labels, self.global_batch,
-                                              self.strategy.num_replicas_in_sync)
-        grads = tape.gradient(loss, self.model.trainable_variables)
+                                              terms)
+            if self.loss_scale is not None:
+                loss = self.loss_scale.scale_loss(loss)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        if self.loss_scale is not None:
+            grads = self.loss_scale.unscale(grads)
+        return variables, grads, self.task.train_metrics(labels, logits, ce)
+
+    def _replica_accumulate(self, images, labels):
+        variables, grads, metrics = self._gradients(images, labels)
+        for v, g in zip(variables, grads):
+            if g is not None:
+                self._accumulated[id(v)].assign_add(g)
+        return metrics
+
+    def _replica_train_step(self, images, labels):
+        variables, grads, metrics = self._gradients(images, labels)
+        if self._accumulated is not None:
+            held = [self._accumulated[id(v)] for v in variables]
+            grads = [a.read_value() if g is None else a.read_value() + g
+                     for a, g in zip(held, grads)]
+        if self.loss_scale is None:
+            self._update(grads)
+        else:  # float16: skipped (and the scale lowered) when a gradient overflowed
+            self.loss_scale.apply_if_finite(grads, self._update)
+        if self._accumulated is not None:
+            with tf.control_dependencies(grads):
+                for a in held:
+                    a.assign(tf.zeros_like(a))
+        return metrics
+
+    def _update(self, grads):
         self.task.apply_gradients(self.optimizer, grads, self.model.trainable_variables)
         if self.ema is not None:
             self.ema.update(self.optimizer.iterations)
-        return self.task.train_metrics(labels, logits, ce)
 
     def _make_train_loop(self):
         step_fn = tf.function(self._replica_train_step, jit_compile=self.jit_compile)
+        accumulate_fn = tf.function(self._replica_accumulate, jit_compile=self.jit_compile)
+        micro_steps = self.accumulate_steps - 1
+        loss_scale = self.loss_scale
 
         multi_worker = preemption.num_workers(self.strategy) > 1
         flag = self._sigterm.flag
@@ -167,8 +228,18 @@ class Trainer:
             go = tf.logical_not(stop_requested())
             # No `break`: it would put the step (and its collectives) inside a tf.cond.
             while tf.logical_and(go, done < steps):
-                sums = self.strategy.run(step_fn, args=next(iterator))
-                sums = [self.strategy.reduce("SUM", v, axis=None) for v in sums]
+                skipped = loss_scale.skipped.read_value() if loss_scale else None
+                sums = [tf.constant(0.0) for _ in self.task.TRAIN_METRICS]
+                if micro_steps:
+                    for _ in tf.range(micro_steps):
+                        part = self.strategy.run(accumulate_fn, args=next(iterator))
+                        sums = [s + self.strategy.reduce("SUM", v, axis=None)
+                                for s, v in zip(sums, part)]
+                part = self.strategy.run(step_fn, args=next(iterator))
+                sums = [s + self.strategy.reduce("SUM", v, axis=None) for s, v in zip(sums, part)]
+                if loss_scale:  # a skipped step's metrics do not count (nor can its loss fail)
+                    applied = tf.equal(loss_scale.skipped.read_value(), skipped)
+                    sums = [tf.where(applied, v, tf.zeros_like(v)) for v in sums]
                 totals = [t + v for t, v in zip(totals, sums)]
                 done += 1
                 # Stop at a non-finite loss (the same on every replica) or after SIGTERM.
@@ -234,7 +305,7 @@ class Trainer:
         if step >= total_steps:
             self.log(f"Already trained {step} >= {total_steps} steps.")
             return {"step": step}
-        iterator = iter(self._train_dataset(step))
+        iterator = iter(self._train_dataset(self.batches_drawn()))
         if self._train_loop is None:
             self._train_loop = self._make_train_loop()
         writer = (tf.summary.create_file_writer(self.rundir.summaries_dir)
@@ -265,19 +336,26 @@ class Trainer:
             if n == 0:  # SIGTERM before the first step of this call
                 return self._preempted(step, last_ckpt)
             dt = time.perf_counter() - t0
-            step = int(self.optimizer.iterations.numpy())
-            images = n * self.global_batch
+            before, step = step, int(self.optimizer.iterations.numpy())
+            images = (step - before) * self.global_batch  # the updates (float16 may skip some)
             rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 3),
-                   **{k: float(v) / images for k, v in zip(self.task.TRAIN_METRICS, totals)},
-                   "lr": float(self.lr_schedule(step)), "images_per_s": images / dt}
-            if not math.isfinite(rec["loss"]):
+                   # None: no update in this call (float16 skipped every step)
+                   **{k: float(v) / images if images else None
+                      for k, v in zip(self.task.TRAIN_METRICS, totals)},
+                   "lr": float(self.lr_schedule(step)),
+                   "images_per_s": n * self.global_batch / dt}
+            if self.loss_scale is not None:
+                rec.update(self._loss_scale_record())
+            if images and not math.isfinite(rec["loss"]):
                 restores += 1
                 step = last_ckpt = self._after_nonfinite(rec, restores)
                 continue
             rec["skipped_records"] = self._check_bad_fraction()
             with writer.as_default(step=step):
-                for key in (*self.task.TRAIN_METRICS, "lr", "images_per_s"):
-                    tf.summary.scalar(f"train/{key}", rec[key])
+                for key in (*self.task.TRAIN_METRICS, "lr", "images_per_s", "loss_scale",
+                            "skipped_steps"):
+                    if rec.get(key) is not None:
+                        tf.summary.scalar(f"train/{key}", rec[key])
                 tf.summary.scalar("data/skipped_records", rec["skipped_records"])
             if step - last_ckpt >= ckpt_every or step >= total_steps:
                 self._save(step)
@@ -294,6 +372,19 @@ class Trainer:
             if n < want:  # stopped early, with a finite loss: SIGTERM or Ctrl-C
                 return self._preempted(step, last_ckpt)
         return {"step": step}
+
+    def _loss_scale_record(self) -> dict:
+        """float16's loss scale and skipped steps so far; stops when even a scale below 1
+        overflows (the gradients themselves are out of float16's range)."""
+        scale = float(self.loss_scale.scale.numpy())
+        skipped = int(self.loss_scale.skipped.numpy())
+        if scale < 1.0:
+            raise FloatingPointError(
+                f"float16: the gradients overflow at every loss scale (it fell to {scale:g} after "
+                f"{skipped} skipped steps); stopped without saving, the latest checkpoint stays "
+                f"{self.manager.latest_checkpoint}. Train in bfloat16 or float32 "
+                "(--precision), or lower the learning rate.")
+        return {"loss_scale": scale, "skipped_steps": skipped}
 
     def _preempted(self, step: int, last_ckpt: int) -> dict:
         """After SIGTERM or Ctrl-C: a checkpoint at this step (every worker takes part)."""
@@ -346,9 +437,14 @@ class Trainer:
         done = rec["step"] - start_step
         elapsed = time.perf_counter() - t_start
         eta = elapsed / max(done, 1) * (total_steps - rec["step"])
-        line = (f"step {rec['step']}/{total_steps} epoch {rec['epoch']:.2f} loss {rec['loss']:.4f} "
-                f"acc {rec['accuracy']:.4f} lr {rec['lr']:.5f} {rec['images_per_s']:.0f} img/s "
-                f"eta {eta / 60:.1f} min")
+        metrics = (f"loss {rec['loss']:.4f} acc {rec['accuracy']:.4f}" if rec["loss"] is not None
+                   else "no update")
+        line = (f"step {rec['step']}/{total_steps} epoch {rec['epoch']:.2f} {metrics} "
+                f"lr {rec['lr']:.5f} {rec['images_per_s']:.0f} img/s eta {eta / 60:.1f} min")
+        if "loss_scale" in rec:
+            line += f" loss scale {rec['loss_scale']:g}"
+            if rec["skipped_steps"]:
+                line += f" ({rec['skipped_steps']} steps skipped on overflow)"
         if rec.get("skipped_records"):
             line += f" skipped {rec['skipped_records']} bad images"
         if "eval" in rec:

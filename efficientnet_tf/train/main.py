@@ -47,7 +47,10 @@ def define_flags():
     f.DEFINE_integer("steps_per_execution", None, "Steps per device loop (iterations_per_loop).")
     f.DEFINE_integer("num_label_classes", None, "Number of classes.")
     f.DEFINE_string("augment_name", None, "autoaugment | randaugment | none.")
-    f.DEFINE_bool("use_bfloat16", None, "bfloat16 activations (float32 logits and loss).")
+    f.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16"],
+                  "Activation precision (variables, logits and loss stay float32): bfloat16 on "
+                  "TPU / A100 / H100, float16 (with dynamic loss scaling) on V100 / T4.")
+    f.DEFINE_bool("use_bfloat16", None, "Older spelling: true = --precision=bfloat16.")
     f.DEFINE_bool("use_synthetic_data", False, "Random data of the right shapes (step throughput).")
     f.DEFINE_string("export_dir", None, "Export a SavedModel here at the end of training.")
     f.DEFINE_float("eval_every_epochs", None, "Evaluate during train_and_eval every N epochs "
@@ -77,6 +80,7 @@ def resolve_config(argv_flags) -> "object":
         "train_batch_size": "train_batch_size", "eval_batch_size": "eval_batch_size",
         "steps_per_execution": "steps_per_execution", "num_label_classes": "data.num_classes",
         "augment_name": "data.augment_name", "use_bfloat16": "use_bfloat16",
+        "precision": "precision",
         "init_weights": "finetune.init_weights", "freeze": "finetune.freeze",
     }
     for flag, key in mapping.items():

@@ -13,7 +13,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from efficientnet_tf import factory
+from efficientnet_tf import factory, recompute
 from efficientnet_tf.config import TrainConfig, check_for_training
 from efficientnet_tf.data import pipeline
 from efficientnet_tf.train import finetune, optim
@@ -50,13 +50,17 @@ class Task:
         raise NotImplementedError
 
     def train_dataset(self, ctx, global_batch: int, start_step: int = 0, counts=None):
+        """Per-replica batches of global_batch images (a micro-batch with accumulate_steps),
+        resuming after start_step batches (the loop counts the batches drawn)."""
         raise NotImplementedError
 
     def eval_dataset(self, ctx, global_batch: int, counts=None):
         raise NotImplementedError
 
     def loss(self, model, images, labels, global_batch: int, num_replicas: int):
-        """(replica loss to differentiate, per-example loss, model outputs)."""
+        """(replica loss to differentiate, per-example loss, model outputs). global_batch: the
+        images of one optimizer step; num_replicas: how many such losses are summed into one
+        update (replicas x accumulate_steps): a per-step term (L2) is divided by it."""
         raise NotImplementedError
 
     def train_metrics(self, labels, outputs, per_example_loss) -> tuple:
@@ -106,7 +110,7 @@ class ClassificationTask(Task):
     # ---------------------------------------------------------------- model and optimizer
     def build_model(self, num_replicas: int = 1) -> keras.Model:
         """The model (logits), under the config's precision; call inside strategy.scope()."""
-        policy = "mixed_bfloat16" if self.config.use_bfloat16 else None
+        policy = self.config.dtype_policy
         # The seed and the policy hold only while the model is built: nothing global survives.
         with seed_scope(self.config.seed):
             return factory.build_model_from_config(self.config, num_replicas,
@@ -167,7 +171,10 @@ class ClassificationTask(Task):
     def loss(self, model, images, labels, global_batch: int, num_replicas: int):
         """(replica loss to differentiate, per-example cross-entropy, logits)."""
         o = self.config.optimizer
-        logits = model(images, training=True)
+        if self.config.model.recompute == "blocks":
+            logits = recompute.call(model, images, training=True)
+        else:
+            logits = model(images, training=True)
         ce = optim.classification_loss(labels, logits, self.num_classes, o.label_smoothing)
         loss = tf.reduce_sum(ce) / global_batch
         if o.weight_decay:
