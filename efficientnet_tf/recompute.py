@@ -45,32 +45,27 @@ def _layers(blk: dict):
 
 
 def _recomputed_block(blk: dict, inputs, training=None):
+    """apply_block under tf.recompute_grad, which runs the block a second time when its
+    gradient is needed. That second run first rewinds the block's state to what the forward
+    pass saw (same drop-connect masks) and afterwards puts back what the forward pass left (BN
+    moving statistics updated once). Ordering: the state reads and writes are ops on the same
+    variables, which tf.function runs in program order."""
     state = _block_state(blk)
+    seen = {}
 
-    @tf.custom_gradient
-    def block(x):
-        before = [tf.identity(v.value) for v in state]
-        with tf.control_dependencies(before):
-            y = enl.apply_block(blk, x, training=training)
+    def run(x):
+        if "before" not in seen:  # the forward pass
+            seen["before"] = [tf.identity(v.value) for v in state]
+            with tf.control_dependencies(seen["before"]):
+                return enl.apply_block(blk, tf.identity(x), training=training)
+        after = [tf.identity(v.value) for v in state]  # the recomputation
+        with tf.control_dependencies(after):
+            rewind = [v.assign(b) for v, b in zip(state, seen["before"])]
+        with tf.control_dependencies(rewind):
+            y = enl.apply_block(blk, tf.identity(x), training=training)
+        with tf.control_dependencies([y]):
+            restore = [v.assign(a) for v, a in zip(state, after)]
+        with tf.control_dependencies(restore):
+            return tf.identity(y)
 
-        def grad(dy, variables=None):
-            # Rewind the block's state to what the forward pass saw, recompute, then put back
-            # what the forward pass left (the same values, as the recomputation repeats it).
-            after = [tf.identity(v.value) for v in state]
-            with tf.control_dependencies(after):
-                rewind = [v.assign(b) for v, b in zip(state, before)]
-            with tf.control_dependencies(rewind):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    y2 = enl.apply_block(blk, tf.identity(x), training=training)
-            sources = [x, *(variables or [])]
-            grads = tape.gradient(y2, sources, output_gradients=dy)
-            with tf.control_dependencies([g for g in grads if g is not None]):
-                restore = [v.assign(a) for v, a in zip(state, after)]
-            with tf.control_dependencies(restore):
-                grads = [None if g is None else tf.identity(g) for g in grads]
-            return grads[0], grads[1:]
-
-        return y, grad
-
-    return block(inputs)
+    return tf.recompute_grad(run)(inputs)

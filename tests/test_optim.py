@@ -10,20 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_bn_model
 from efficientnet_tf import ema as ema_lib
 from efficientnet_tf.train import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4, 4, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(3, name="head")(x)
-    return keras.Model(inputs, outputs)
 
 
 # ----------------------------------------------------------------------------- RMSProp
@@ -137,7 +128,7 @@ def _expected_decay(t, decay):
 
 
 def test_ema_formula_with_num_updates_warmup():
-    model = _tiny_model()
+    model = tiny_bn_model()
     ema = ema_lib.ExponentialMovingAverage(model, decay=0.9999)
     variables = ema_lib.averaged_variables(model)
     shadow = [v.numpy().astype(np.float64) for v in variables]
@@ -159,7 +150,7 @@ def test_ema_formula_with_num_updates_warmup():
 
 
 def test_ema_covers_batchnorm_statistics():
-    model = _tiny_model()
+    model = tiny_bn_model()
     bn = model.get_layer("stem_bn")
     ema = ema_lib.ExponentialMovingAverage(model, decay=0.99)
     averaged = {id(v) for v in ema_lib.averaged_variables(model)}
@@ -179,7 +170,7 @@ def test_ema_covers_batchnorm_statistics():
 
 
 def test_ema_swapped_and_copy_to():
-    model = _tiny_model()
+    model = tiny_bn_model()
     ema = ema_lib.ExponentialMovingAverage(model, decay=0.5, num_updates_warmup=False)
     variables = ema_lib.averaged_variables(model)
     trained = [v.numpy() + 1.0 for v in variables]
@@ -200,7 +191,7 @@ def test_ema_swapped_and_copy_to():
             raise RuntimeError("boom")
     for v, value in zip(variables, trained):  # restored after an exception too
         np.testing.assert_array_equal(v.numpy(), value)
-    other = _tiny_model(seed=5)  # same architecture, fresh weights: e.g. an export model
+    other = tiny_bn_model(seed=5)  # same architecture, fresh weights: e.g. an export model
     ema.copy_to(other)
     np.testing.assert_allclose(other(x).numpy(), out_ema, rtol=1e-5, atol=1e-6)
     wrong = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -209,7 +200,7 @@ def test_ema_swapped_and_copy_to():
 
 
 def test_ema_checkpoint_round_trip(tmp_path):
-    model = _tiny_model()
+    model = tiny_bn_model()
     ema = ema_lib.ExponentialMovingAverage(model, decay=0.9)
     for v in ema_lib.averaged_variables(model):
         v.assign(v + 2.0)
@@ -221,7 +212,7 @@ def test_ema_checkpoint_round_trip(tmp_path):
     assert not any(n.startswith("ema/") and "shadows" not in n and "num_updates" not in n
                    for n in names)  # the model's own variables are not duplicated under ema/
 
-    model2 = _tiny_model(seed=7)
+    model2 = tiny_bn_model(seed=7)
     ema2 = ema_lib.ExponentialMovingAverage(model2, decay=0.9)
     tf.train.Checkpoint(model=model2, ema=ema2).restore(path).assert_consumed()
     assert int(ema2.num_updates.numpy()) == 2
@@ -312,7 +303,7 @@ def test_recipe_step_under_jit_and_bfloat16():
     """One full step (loss, L2, RMSpropTF1, EMA) XLA-compiled with mixed_bfloat16 activations."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        model = _tiny_model()
+        model = tiny_bn_model()
     finally:
         keras.mixed_precision.set_global_policy("float32")
     sched = optim.learning_rate_schedule(0.016, 256, 10, warmup_epochs=0.5)

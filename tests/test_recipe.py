@@ -6,19 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_bn_model
 from efficientnet_tf import ema as ema_lib
 from efficientnet_tf import recipe
 from efficientnet_tf.train import optim
-
-
-def _tiny_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4, 4, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(3, name="head")(x)
-    return keras.Model(inputs, outputs)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -62,7 +53,7 @@ def test_loss_serializes():
 
 # ----------------------------------------------------------------------------- weight decay
 def test_add_weight_decay_puts_the_training_jobs_l2_into_fit_loss():
-    model = _tiny_model(1)
+    model = tiny_bn_model(1)
     for v in model.trainable_variables:  # BN gamma/beta away from 1/0, so excluding them shows
         v.assign(np.random.default_rng(len(v.path)).normal(size=v.shape).astype("float32"))
     loss = recipe.LabelSmoothedCrossEntropy(0.1)
@@ -88,7 +79,7 @@ def test_add_weight_decay_puts_the_training_jobs_l2_into_fit_loss():
 
 # ----------------------------------------------------------------------------- EMA
 def test_model_ema_matches_the_training_jobs_ema():
-    model = _tiny_model(3)
+    model = tiny_bn_model(3)
     variables = recipe.averaged_variables(model)
     assert [v.path for v in variables] == [v.path for v in ema_lib.averaged_variables(model)]
     assert any("moving_mean" in v.path for v in variables)
@@ -110,7 +101,7 @@ def test_model_ema_matches_the_training_jobs_ema():
 
 
 def test_model_ema_swaps_for_validation_and_at_the_end():
-    model = _tiny_model(5)
+    model = tiny_bn_model(5)
     variables = recipe.averaged_variables(model)
     callback = recipe.ModelEMA(decay=0.5)
     callback.set_model(model)
@@ -141,7 +132,7 @@ def test_model_ema_swaps_for_validation_and_at_the_end():
 
 def test_model_ema_in_fit_with_validation():
     """A real fit on TensorFlow: one update per batch, validation on the averages."""
-    model = _tiny_model(6)
+    model = tiny_bn_model(6)
     model.compile(optimizer=recipe.RMSpropTF1(0.05), loss=recipe.LabelSmoothedCrossEntropy(0.1))
     x = np.random.default_rng(7).uniform(0, 1, (32, 4, 4, 3)).astype("float32")
     y = np.arange(32) % 3
@@ -151,7 +142,7 @@ def test_model_ema_in_fit_with_validation():
     assert callback.num_updates == 8
     # The model holds the averages now; the last validation ran on the same weights.
     assert history["val_loss"][-1] == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-5)
-    raw_model = _tiny_model(6)
+    raw_model = tiny_bn_model(6)
     for v, raw in zip(recipe.averaged_variables(raw_model), callback._swapped_out):
         v.assign(raw)
     raw_model.compile(loss=recipe.LabelSmoothedCrossEntropy(0.1))
