@@ -1,11 +1,14 @@
 """Training images/s: our loop (full recipe, and stripped) vs keras.applications B0 under fit.
 
     .venv/bin/python bench/train.py [--steps 10] [--repeats 3] [--cases 32x256,224x32]
+        [--variants keras_fit,ours_plain,ours_recipe,ours_recompute]
 
 Same process, same batches (one fixed random batch repeated), B0 at each size:
 - keras_fit: keras.applications.EfficientNetB0(weights=None) + compile(RMSprop) + fit;
 - ours_plain: our Trainer with EMA, L2 and label smoothing switched off;
-- ours_recipe: our Trainer with the paper's recipe (RMSpropTF1, EMA, L2, label smoothing).
+- ours_recipe: our Trainer with the paper's recipe (RMSpropTF1, EMA, L2, label smoothing);
+- ours_recompute: ours_recipe with model.recompute=blocks (gradient checkpointing; not run
+  unless named in --variants).
 Ours is timed by the loop's own per-execution clock (steps_per_execution = steps, after a
 warm-up execution), Keras by wall time around fit() after a warm-up fit; each figure is the
 median of --repeats timed executions (min and max are printed too). Prints JSON.
@@ -50,13 +53,14 @@ def keras_fit(size, batch, steps, repeats):
     return summary(rates)
 
 
-def ours(size, batch, steps, repeats, recipe: bool):
+def ours(size, batch, steps, repeats, recipe: bool, recompute: bool = False):
     from efficientnet_tf import config as cfglib
     from efficientnet_tf.train.loop import Trainer
 
     overrides = [f"data.image_size={size}", f"train_batch_size={batch}", f"eval_batch_size={batch}",
                  f"steps_per_execution={steps}", f"train_steps={(1 + repeats) * steps}",
-                 "checkpoint_every_steps=1000000", "use_bfloat16=false", "data.synthetic=true"]
+                 "checkpoint_every_steps=1000000", "precision=float32", "data.synthetic=true",
+                 f"model.recompute={'blocks' if recompute else 'none'}"]
     if not recipe:
         overrides += ["optimizer.ema_decay=0", "optimizer.weight_decay=0",
                       "optimizer.label_smoothing=0"]
@@ -75,6 +79,8 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3, help="timed executions per variant")
     p.add_argument("--cases", default="32x256,224x32")
+    p.add_argument("--variants", default="keras_fit,ours_plain,ours_recipe",
+                   help="comma-separated: keras_fit, ours_plain, ours_recipe, ours_recompute")
     args = p.parse_args()
     out = {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "steps": args.steps,
            "repeats": args.repeats, "images_per_s": "median (min, max) of the repeats",
@@ -82,13 +88,21 @@ def main():
     for case in args.cases.split(","):
         size, batch = (int(v) for v in case.split("x"))
         steps = args.steps
-        r = {"steps_per_execution": steps,
-             "keras_fit": keras_fit(size, batch, steps, args.repeats),
-             "ours_plain": ours(size, batch, steps, args.repeats, recipe=False),
-             "ours_recipe": ours(size, batch, steps, args.repeats, recipe=True)}
-        med = {k: r[k]["median"] for k in ("keras_fit", "ours_plain", "ours_recipe")}
-        r["recipe_cost_vs_keras_fit"] = round(1 - med["ours_recipe"] / med["keras_fit"], 3)
-        r["recipe_cost_vs_ours_plain"] = round(1 - med["ours_recipe"] / med["ours_plain"], 3)
+        run = {"keras_fit": lambda: keras_fit(size, batch, steps, args.repeats),
+               "ours_plain": lambda: ours(size, batch, steps, args.repeats, recipe=False),
+               "ours_recipe": lambda: ours(size, batch, steps, args.repeats, recipe=True),
+               "ours_recompute": lambda: ours(size, batch, steps, args.repeats, recipe=True,
+                                              recompute=True)}
+        r = {"steps_per_execution": steps}
+        for name in args.variants.split(","):
+            if name not in run:
+                p.error(f"unknown variant {name!r}; choose from {', '.join(run)}")
+            r[name] = run[name]()
+        med = {k: r[k]["median"] for k in run if k in r}
+        for a, b in [("ours_recipe", "keras_fit"), ("ours_recipe", "ours_plain"),
+                     ("ours_recompute", "ours_recipe")]:
+            if a in med and b in med:
+                r[f"{a.replace('ours_', '')}_cost_vs_{b}"] = round(1 - med[a] / med[b], 3)
         out["cases"][case] = r
         keras.backend.clear_session()
     print(json.dumps(out, indent=2))

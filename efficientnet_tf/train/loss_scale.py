@@ -2,7 +2,8 @@
 
 float16 has 5 exponent bits: small gradients underflow to zero unless the loss is multiplied
 by a large factor before differentiating (and the gradients divided by it after). The factor
-follows the rule of Keras 3's LossScaleOptimizer (and NVIDIA's AMP):
+follows the rule of Keras 3's LossScaleOptimizer and NVIDIA's AMP (docs/reference.md "Mixed
+precision and memory"):
 
     start at `initial` (2^15);
     non-finite gradients: skip the update (no optimizer step, no EMA update), halve the scale;
