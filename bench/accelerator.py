@@ -552,6 +552,10 @@ def main(argv=None):
     if tf_loaded:
         print("FAILED: tensorflow was imported", file=sys.stderr)
         return 1
+    statuses = {r["status"] for r in report.data["rows"]}
+    if "error" in statuses and "ok" not in statuses:
+        print("FAILED: no row was measured (see each row's error)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -75,12 +75,15 @@ def child(variant, image_size, batch, mode, steps):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--variant", default="b4")
+    p.add_argument("--variant", default="b4", help="a registered variant: b0..b8, l2, lite0..4")
     p.add_argument("--image_size", type=int, default=380)
-    p.add_argument("--batches", default="2,4")
-    p.add_argument("--modes", default="none,blocks")
+    p.add_argument("--batches", default="2,4", help="comma-separated batch sizes (two or more "
+                   "for the per-image fit)")
+    p.add_argument("--modes", default="none,blocks", help="comma-separated model.recompute "
+                   "values: none, blocks")
     p.add_argument("--steps", type=int, default=2, help="timed steps after the traced one")
-    p.add_argument("--budget_gb", type=float, default=16.0)
+    p.add_argument("--budget_gb", type=float, default=16.0, help="the memory for the largest "
+                   "batch estimate")
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -109,6 +112,10 @@ def main():
             (b1, m1), (b2, m2) = ok[0], ok[-1]
             per_image = (m2 - m1) / (b2 - b1)
             fixed = m1 - per_image * b1
+            if per_image < 0.05:  # GB: within the noise of the fixed part
+                out["fits"][mode] = {"gb_per_image": round(per_image, 3), "note": (
+                    "too small to fit at these sizes; use larger images or batches")}
+                continue
             out["fits"][mode] = {"gb_per_image": round(per_image, 3), "fixed_gb": round(fixed, 3),
                                  f"max_batch_in_{a.budget_gb:g}_gb":
                                      int((a.budget_gb - fixed) // per_image)}

@@ -10,7 +10,7 @@
     training_curves.png
 
 A restart compares its config with config.yaml before anything is written or converted: keys
-in RESTART_KEYS (length, cadence, input-pipeline speed) may change and are recorded; any other
+in RESTART_KEYS (length, cadence, input-pipeline speed, memory savers) may change and are recorded; any other
 difference (architecture, classes, data, recipe, optimizer, normalization) is refused with the
 keys and what to do. Eval jobs, export, evaluate and research re-evaluation only read.
 
@@ -35,6 +35,8 @@ RESTART_KEYS = frozenset({
     "train_steps", "epochs", "eval_batch_size", "steps_per_execution", "checkpoint_every_steps",
     "keep_checkpoints", "resume_data", "on_nonfinite", "max_nonfinite_restores",
     "data.num_parallel_calls", "data.cycle_length", "data.cache", "data.max_bad_fraction",
+    # Memory savers: the same updates in other pieces (the checkpoint does not change).
+    "accumulate_steps", "model.recompute",
 })
 LOCK_TIMEOUT_S = 600.0
 HEARTBEAT_EVERY_S = 30.0

@@ -46,11 +46,12 @@ def test_a_restart_with_another_architecture_is_refused_and_changes_nothing(fini
     proc = run(train_command(finished_run, "--train_steps=4", "--steps_per_execution=2",
                              "--override=checkpoint_every_steps=2",
                              "--override=model.width_coefficient=0.2",
-                             "--override=optimizer.lr=0.3"))
+                             "--override=optimizer.lr=0.3", "--precision=float16"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "model.width_coefficient: 0.1 -> 0.2" in proc.stderr
     assert "optimizer.lr: 0.2 -> 0.3" in proc.stderr and "use a new --model_dir" in proc.stderr
+    assert "precision: 'float32' -> 'float16'" in proc.stderr
     assert read_bytes(os.path.join(finished_run, "config.yaml")) == config_before
     assert sorted(os.listdir(finished_run)) == files_before  # no lock, no data, nothing
     export = run([sys.executable, "-m", "efficientnet_tf.export", f"--model_dir={finished_run}",
@@ -59,19 +60,23 @@ def test_a_restart_with_another_architecture_is_refused_and_changes_nothing(fini
     assert tf.io.gfile.glob(str(tmp_path / "export" / "*" / "saved_model.pb"))
 
 
-def test_a_restart_may_change_its_length_and_cadence_and_the_change_is_recorded(finished_run,
-                                                                                tmp_path):
+def test_a_restart_may_change_its_length_cadence_and_memory_savers_recorded(finished_run,
+                                                                            tmp_path):
     model_dir = str(tmp_path / "m")
     shutil.copytree(finished_run, model_dir)  # a finished 4-step run, steps_per_execution 2
     config_before = read_bytes(os.path.join(model_dir, "config.yaml"))
+    # Out of memory at step 4: go on with micro-batches and recomputed blocks (same updates).
     longer = run(train_command(model_dir, "--train_steps=6", "--steps_per_execution=1",
-                               "--override=checkpoint_every_steps=2"))
+                               "--override=checkpoint_every_steps=2",
+                               "--override=accumulate_steps=2", "--override=model.recompute=blocks"))
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "train_steps: 4 -> 6" in longer.stderr
     assert read_bytes(os.path.join(model_dir, "config.yaml")) == config_before  # never rewritten
     with open(os.path.join(model_dir, "restarts.jsonl")) as f:
         (record,) = [json.loads(line) for line in f]
-    assert record["changes"] == {"steps_per_execution": [2, 1], "train_steps": [4, 6]}
+    assert record["changes"] == {"steps_per_execution": [2, 1], "train_steps": [4, 6],
+                                 "accumulate_steps": [1, 2], "model.recompute": ["none", "blocks"]}
+    assert "2 micro-batches of" in longer.stderr and "recompute=blocks" in longer.stderr
     assert history_steps(model_dir) == [2, 4, 5, 6]
     assert not os.path.exists(os.path.join(model_dir, "run.lock"))  # released at the end
 

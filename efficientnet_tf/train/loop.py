@@ -47,7 +47,6 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.log = log
         self.jit_compile = jit_compile
-        tf.io.gfile.makedirs(model_dir)
         self.global_batch = config.train_batch_size  # per optimizer step
         # Gradient accumulation: each optimizer step sums the gradients of k micro-batches.
         self.accumulate_steps = k = config.accumulate_steps
@@ -59,6 +58,7 @@ class Trainer:
                 "replicas; choose train_batch_size and accumulate_steps so that it is.")
         self.per_replica = per_replica_batch_size(self.micro_batch, self.strategy)
         per_replica_batch_size(config.eval_batch_size, self.strategy)
+        tf.io.gfile.makedirs(model_dir)  # after the checks above: a refused run writes nothing
         self.num_train_examples = n_train = self.task.num_train_examples()
         self.steps_per_epoch = max(1, n_train // self.global_batch)
         # The reference's warm-up and decay boundaries use the unfloored steps per epoch.
@@ -257,6 +257,17 @@ class Trainer:
             return "BN statistics per replica"
         return f"BN statistics over {'all' if k == n else f'groups of {k}'} replicas"
 
+    def _memory_description(self) -> str:
+        cfg = self.config
+        parts = [cfg.precision if cfg.precision == "float32" else f"mixed {cfg.precision}"]
+        if self.loss_scale is not None:
+            parts[0] += f" with loss scale {float(self.loss_scale.scale.numpy()):g}"
+        if self.accumulate_steps > 1:
+            parts.append(f"{self.accumulate_steps} micro-batches of {self.micro_batch} per step")
+        if cfg.model.recompute != "none":
+            parts.append(f"recompute={cfg.model.recompute}")
+        return ", ".join(parts)
+
     def ema_weights(self):
         """Context in which the model holds the EMA weights (no-op without EMA)."""
         return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
@@ -317,7 +328,8 @@ class Trainer:
         start_step, t_start = step, time.perf_counter()
         self.log(f"Training {self.model.name}: steps {step} -> {total_steps} "
                  f"({self.steps_per_epoch} per epoch), global batch {self.global_batch} on "
-                 f"{self.strategy.num_replicas_in_sync} replica(s); {self._bn_description()}.")
+                 f"{self.strategy.num_replicas_in_sync} replica(s); {self._bn_description()}; "
+                 f"{self._memory_description()}.")
         with self._sigterm:
             result = self._loop(iterator, step, total_steps, eval_every_steps, writer,
                                 history_path, start_step, t_start, last_ckpt)
