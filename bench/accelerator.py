@@ -181,21 +181,11 @@ def numpy_initializers(seed=0):
             setattr(jr, n, f)
 
 
-@contextlib.contextmanager
-def dtype_policy(name):
-    import keras
-    old = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(old)
-
-
 def build_keras_model(which, dtype, size):
     import keras
     policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
-    with dtype_policy(policy), numpy_initializers():
+    from efficientnet_tf.builder import dtype_policy_scope
+    with dtype_policy_scope(policy), numpy_initializers():
         if which == "ours":
             from efficientnet_tf import EfficientNetB0
             return EfficientNetB0(weights=None, classes=1000, classifier_activation=None,

@@ -9,6 +9,8 @@ stages and the feature endpoints read the structure instead of parsing layer nam
 """
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import layers
 
@@ -17,6 +19,20 @@ from efficientnet_tf.constants import NORMALIZATIONS
 from efficientnet_tf.modelspec import SPEC_ATTRIBUTE, ModelSpec
 
 MIN_INPUT_SIZE = 32
+
+
+@contextlib.contextmanager
+def dtype_policy_scope(policy: str | None):
+    """Sets Keras' global dtype policy (e.g. "mixed_bfloat16") inside the block only."""
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def check_input_shape(input_shape, default_size, include_top, stem_strides=2):

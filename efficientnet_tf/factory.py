@@ -8,27 +8,11 @@ is set only while the model is built and restored afterwards (dtype_policy_scope
 """
 from __future__ import annotations
 
-import contextlib
-
 import keras
 
 from efficientnet_tf import weights as wts
-from efficientnet_tf.builder import build
+from efficientnet_tf.builder import build, dtype_policy_scope
 from efficientnet_tf.config import ModelConfig, TrainConfig
-
-
-@contextlib.contextmanager
-def dtype_policy_scope(policy: str | None):
-    """Sets Keras' global dtype policy (e.g. "mixed_bfloat16") inside the block only."""
-    if policy is None:
-        yield
-        return
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def build_model(model_config: ModelConfig, image_size: int, num_classes: int, *,

@@ -30,13 +30,7 @@ def call(model, images, training: bool = True):
 
 def _block_state(blk: dict) -> list:
     """The variables a block's forward pass writes: BN moving statistics and RNG states."""
-    found, seen = [], set()
-    for layer in _layers(blk):
-        for v in layer.non_trainable_variables:
-            if id(v) not in seen:
-                seen.add(id(v))
-                found.append(v)
-    return found
+    return [v for layer in _layers(blk) for v in layer.non_trainable_variables]
 
 
 def _layers(blk: dict):

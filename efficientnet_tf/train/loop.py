@@ -51,12 +51,9 @@ class Trainer:
         # Gradient accumulation: each optimizer step sums the gradients of k micro-batches.
         self.accumulate_steps = k = config.accumulate_steps
         self.micro_batch = self.global_batch // k
-        if self.micro_batch % self.strategy.num_replicas_in_sync:
-            raise ValueError(
-                f"train_batch_size / accumulate_steps = {self.micro_batch} images per "
-                f"micro-batch is not divisible by the {self.strategy.num_replicas_in_sync} "
-                "replicas; choose train_batch_size and accumulate_steps so that it is.")
-        self.per_replica = per_replica_batch_size(self.micro_batch, self.strategy)
+        self.per_replica = per_replica_batch_size(
+            self.micro_batch, self.strategy,
+            "global batch size" if k == 1 else "micro-batch (train_batch_size / accumulate_steps)")
         per_replica_batch_size(config.eval_batch_size, self.strategy)
         tf.io.gfile.makedirs(model_dir)  # after the checks above: a refused run writes nothing
         self.num_train_examples = n_train = self.task.num_train_examples()

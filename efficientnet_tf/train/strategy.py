@@ -65,11 +65,12 @@ def check_tf_config(raw: str | None) -> dict:
     return cfg
 
 
-def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:
+def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy,
+                           what: str = "global batch size") -> int:
     n = strategy.num_replicas_in_sync
     if global_batch_size % n:
         lo, hi = global_batch_size // n * n, (global_batch_size // n + 1) * n
         raise ValueError(
-            f"The global batch size {global_batch_size} is not divisible by the {n} replicas; "
+            f"The {what} {global_batch_size} is not divisible by the {n} replicas; "
             f"use {lo or hi} or {hi}.")
     return global_batch_size // n
