@@ -105,7 +105,10 @@ class ModelConfig:
             _fail(f"model.normalization must be auto, "
                   f"{', '.join(constants.NORMALIZATIONS)} or null, got {self.normalization!r}.")
         if self.recompute not in RECOMPUTE:
-            _fail(f"model.recompute must be {' or '.join(RECOMPUTE)}, got {self.recompute!r}.")
+            switch = str(self.recompute).lower() in ("true", "false", "yes", "no", "on", "off")
+            _fail(f"model.recompute must be {' or '.join(RECOMPUTE)}, got {self.recompute!r}"
+                  + (": it is a mode, not a switch (blocks = gradient checkpointing per block, "
+                     "none = off)." if switch else "."))
         if self.synchronized_bn and self.bn_group_size not in (None, 1):
             _fail("model: synchronized_bn=true pools BN over all replicas; it cannot be combined "
                   "with bn_group_size. Set one of them.")

@@ -132,6 +132,7 @@ def test_overrides_convert_types():
     ("use_bfloat16=maybe", "cannot convert 'maybe' to bool"),
     ("precision=float8", "precision must be one of float32, bfloat16, float16"),
     ("model.recompute=all", "model.recompute must be none or blocks"),
+    ("model.recompute=true", "got 'True': it is a mode, not a switch \\(blocks = "),
     ("accumulate_steps=3", "accumulate_steps=3 must be >= 1 and divide train_batch_size=4096"),
     ("accumulate_steps=0", "accumulate_steps=0 must be >= 1"),
     ("train_batch_size=none", "cannot be empty"),
