@@ -584,13 +584,14 @@ def load_config(path_or_name: str) -> TrainConfig:
     return config_from_dict(values, where=path)
 
 
-def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+def apply_overrides(config: TrainConfig, overrides: Sequence[str],
+                    where: str | None = None) -> TrainConfig:
     """Returns a copy of config with 'section.field=value' / 'field=value' overrides applied.
 
     Values are parsed as YAML scalars and converted to the field's type ('none' clears an
     optional field). Derived values (data.image_size, model.dropout_rate, data.seed,
     data.image_dtype) that still hold what their source implied follow an override of that
-    source.
+    source. where names the overrides' origin in error messages (default: the overrides).
     """
     values = config_to_dict(config)
     set_keys: dict[str, Any] = {}
@@ -638,7 +639,7 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
         if key not in set_keys and any(s in set_keys for s in sources) and (
                 values[section][field] == old[key]):
             values[section][field] = None  # re-derived from the new source
-    return config_from_dict(values, where="overrides " + " ".join(map(str, overrides)))
+    return config_from_dict(values, where=where or "overrides " + " ".join(map(str, overrides)))
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -278,6 +278,8 @@ def test_batch_and_tf_config_errors_say_what_to_change():
      "Unknown EfficientNet variant"),
     (["--config=fashion_mnist", "--data_dir={tmp}/empty"], "train-*"),
     (["--config=fashion_mnist", "--use_synthetic_data", "--train_batch_size=0"], "batch"),
+    (["--config=fashion_mnist", "--train_batch_size=6", "--override=accumulate_steps=4"],
+     "(in fashion_mnist with --train_batch_size=6 --override=accumulate_steps=4)"),
     (["--config=fashion_mnist", "--use_synthetic_data", "--override=optimizer.lrr=1"], "optimizer.lr"),
 ])
 def test_entry_point_stops_at_start_up_with_a_clear_message(tmp_path, args, message):

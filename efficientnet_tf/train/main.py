@@ -73,7 +73,7 @@ def resolve_config(argv_flags) -> "object":
         raise ValueError("Give --model_name (e.g. efficientnet-b0) or --config (a YAML path or "
                          "a name in configs/, e.g. fashion_mnist).")
     config = cfglib.load_config(name)
-    overrides = []
+    overrides, given = [], []
     mapping = {
         "model_name": "model.model_name", "data_dir": "data.data_dir",
         "train_steps": "train_steps", "epochs": "epochs",
@@ -87,9 +87,13 @@ def resolve_config(argv_flags) -> "object":
         value = getattr(argv_flags, flag)
         if value is not None and not (flag == "model_name" and argv_flags.config is None):
             overrides.append(f"{key}={value}")
+            given.append(f"--{flag}={value}")
     if argv_flags.use_synthetic_data:
         overrides.append("data.synthetic=true")
-    config = cfglib.apply_overrides(config, overrides + list(argv_flags.override))
+        given.append("--use_synthetic_data")
+    given += [f"--override={o}" for o in argv_flags.override]
+    config = cfglib.apply_overrides(config, overrides + list(argv_flags.override),
+                                    where=f"{name} with " + " ".join(given) if given else name)
     cfglib.check_for_training(config)
     return config
 
