@@ -152,6 +152,10 @@ def test_a_resume_drops_history_past_the_restored_checkpoint(tmp_path):
             log=logs.append).train()
     assert history_steps(str(tmp_path)) == [1, 2, 3, 4, 5]
     assert any("Dropped 2 history record(s) past step 2" in line for line in logs)
+    # The first call's img/s counts tracing: it says so, and later ETAs start after it.
+    steps = [line for line in logs if line.startswith("step ")]
+    assert [line.startswith("step 3/5") for line in steps] == [True, False, False]
+    assert ["(first call: includes tracing)" in line for line in steps] == [True, False, False]
 
 
 def test_ctrl_c_is_caught_like_sigterm_with_its_own_exit_code_and_the_handler_put_back():

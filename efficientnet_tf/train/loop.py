@@ -314,7 +314,8 @@ class Trainer:
             self.log(f"Already trained {step} >= {total_steps} steps.")
             return {"step": step}
         iterator = iter(self._train_dataset(self.batches_drawn()))
-        if self._train_loop is None:
+        traces = self._train_loop is None  # the first call traces the step: slower
+        if traces:
             self._train_loop = self._make_train_loop()
         writer = (tf.summary.create_file_writer(self.rundir.summaries_dir)
                   if self.is_chief else tf.summary.create_noop_writer())
@@ -329,12 +330,12 @@ class Trainer:
                  f"{self._memory_description()}.")
         with self._sigterm:
             result = self._loop(iterator, step, total_steps, eval_every_steps, writer,
-                                history_path, start_step, t_start, last_ckpt)
+                                history_path, start_step, t_start, last_ckpt, traces)
         writer.flush()
         return result
 
     def _loop(self, iterator, step, total_steps, eval_every_steps, writer, history_path,
-              start_step, t_start, last_ckpt):
+              start_step, t_start, last_ckpt, first):
         cfg, spe, restores = self.config, max(1, self.config.steps_per_execution), 0
         ckpt_every = cfg.checkpoint_every_steps or self.steps_per_epoch
         while step < total_steps:
@@ -374,7 +375,9 @@ class Trainer:
                 with writer.as_default(step=step):
                     for key, value in rec["eval"].items():
                         tf.summary.scalar(f"eval/{key}", value)
-            self._progress(rec, start_step, total_steps, t_start)
+            self._progress(rec, start_step, total_steps, t_start, first=first)
+            if first:  # later ETAs count from here: the first call traced the step
+                first, start_step, t_start = False, step, time.perf_counter()
             if history_path:
                 fileio.append_line(history_path, json.dumps(rec))
                 self.rundir.heartbeat()
@@ -442,14 +445,15 @@ class Trainer:
             f"{what}{tried}; stopped without saving, {kept}. Lower the learning rate or check "
             "the input data; on_nonfinite=restore goes back to the last good checkpoint instead.")
 
-    def _progress(self, rec, start_step, total_steps, t_start):
+    def _progress(self, rec, start_step, total_steps, t_start, first=False):
         done = rec["step"] - start_step
         elapsed = time.perf_counter() - t_start
         eta = elapsed / max(done, 1) * (total_steps - rec["step"])
         metrics = (f"loss {rec['loss']:.4f} acc {rec['accuracy']:.4f}" if rec["loss"] is not None
                    else "no update")
         line = (f"step {rec['step']}/{total_steps} epoch {rec['epoch']:.2f} {metrics} "
-                f"lr {rec['lr']:.5f} {rec['images_per_s']:.0f} img/s eta {eta / 60:.1f} min")
+                f"lr {rec['lr']:.5f} {rec['images_per_s']:.0f} img/s eta {eta / 60:.1f} min"
+                + (" (first call: includes tracing)" if first else ""))
         if "loss_scale" in rec:
             line += f" loss scale {rec['loss_scale']:g}"
             if rec["skipped_steps"]:
