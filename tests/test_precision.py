@@ -94,3 +94,25 @@ def test_a_float16_run_that_overflows_at_every_scale_stops_with_a_message(tmp_pa
     trainer = Trainer(config, str(tmp_path / "run"), num_train_examples=64, log=lambda *_: None)
     with pytest.raises(FloatingPointError, match="overflow at every loss scale"):
         trainer.train()
+
+
+@pytest.mark.slow  # ~70 s: XLA compiles the tiny network twice over (recompute) on CPU
+def test_float16_with_recompute_and_accumulation_compiles_under_xla_and_matches_the_plain_step(
+        tmp_path):
+    """jit_compile (XLA, as on GPUs and TPUs): the loss-scale cond, recompute_grad and the
+    micro-batch accumulators compile, skip the same overflowing steps and train the same."""
+    runs = {}
+    for jit in (True, False):
+        config = _float16_config(2, "model.recompute=blocks", "accumulate_steps=2")
+        trainer = Trainer(config, str(tmp_path / f"jit_{jit}"), jit_compile=jit,
+                          num_train_examples=64, log=lambda *_: None)
+        trainer.train()
+        history = [json.loads(line) for line in open(tmp_path / f"jit_{jit}" / "history.jsonl")]
+        runs[jit] = (int(trainer.loss_scale.skipped.numpy()), int(trainer.optimizer.iterations),
+                     [r["loss"] for r in history if r["loss"] is not None],
+                     [w.numpy() for w in trainer.model.trainable_weights])
+    (skipped, steps, losses, weights), plain = runs[True], runs[False]
+    assert skipped >= 1 and (skipped, steps) == plain[:2] and steps == 2
+    np.testing.assert_allclose(losses, plain[2], rtol=5e-3)  # float16 rounding differs in XLA
+    for a, b in zip(weights, plain[3]):
+        np.testing.assert_allclose(a, b, atol=2e-3)
