@@ -107,7 +107,7 @@ def signal_mid_loop(model_dir, signum):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() < deadline, "the first loop never finished"
         time.sleep(0.1)
-    time.sleep(1)  # inside the second compiled call (about 3 s long here, 8 ms a step)
+    time.sleep(0.3)  # inside the second compiled call (3-9 s long here, 8-23 ms a step)
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     return cmd, proc, out

@@ -164,6 +164,7 @@ def test_curve_points_share_the_base_and_follow_their_dimension(base, profiler, 
 def cam_model():
     model_config = cfglib.ModelConfig(model_name="tiny", width_coefficient=0.1,
                                       depth_coefficient=0.1, stem_strides=1, dropout_rate=0.2)
+    keras.utils.set_random_seed(0)  # an init whose class maps are not all <= 0 (checked 20 seeds)
     model = build_model(model_config, 64, 5)  # last feature maps 4 x 4
     dense = model.get_layer("predictions")
     rng = np.random.default_rng(0)
@@ -251,7 +252,8 @@ def test_cli_grid_search_then_cam(base, searched, tmp_path, capsys, trained_dirs
 
 def test_recalibrate_bn_gives_the_statistics_of_the_current_weights():
     inputs = keras.Input((4, 4, 3))
-    features = keras.layers.Conv2D(2, 1, name="conv")(inputs)
+    features = keras.layers.Conv2D(2, 1, name="conv", kernel_initializer=keras.initializers
+                                   .GlorotUniform(seed=0))(inputs)
     x = keras.layers.BatchNormalization(momentum=0.99, name="bn")(features)
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
     bn = model.get_layer("bn")
@@ -263,8 +265,8 @@ def test_recalibrate_bn_gives_the_statistics_of_the_current_weights():
     assert research.recalibrate_bn(model, ds, 40) == 40
     # By hand: the batch moments of the BN input (the conv's output), the same batch each time.
     f = keras.Model(inputs, features)(images).numpy()
-    np.testing.assert_allclose(bn.moving_mean.numpy(), f.mean(axis=(0, 1, 2)), rtol=1e-4)
-    np.testing.assert_allclose(bn.moving_variance.numpy(), f.var(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), f.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), f.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
     assert bn.momentum == 0.99
     for w, b in zip(model.trainable_weights, before):
         np.testing.assert_array_equal(w.numpy(), b)
@@ -277,7 +279,7 @@ def test_recalibrate_bn_gives_the_statistics_of_the_current_weights():
     m = 1 - 1 / 10  # the second batch weighs 1, the first m, normalized
     np.testing.assert_allclose(
         bn.moving_mean.numpy(),
-        (m * f.mean(axis=(0, 1, 2)) + g.mean(axis=(0, 1, 2))) / (1 + m), rtol=1e-4)
+        (m * f.mean(axis=(0, 1, 2)) + g.mean(axis=(0, 1, 2))) / (1 + m), rtol=1e-4, atol=1e-6)
 
 
 def test_a_finished_run_is_evaluated_again_with_bn_recalibration_without_training(base,

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
 
@@ -278,8 +279,10 @@ def _run(script, *args, env):
 
 @pytest.fixture(autouse=True)
 def _private_tmpdir(tmp_path, monkeypatch):
-    # the install step writes its git archive under $TMPDIR
+    # the install step writes its git archive under $TMPDIR (scripts) or tempfile.gettempdir()
+    # (this process: its cached value, not $TMPDIR, so it is set too)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def test_dry_run_prints_and_never_calls_gcloud(fake_gcloud):

@@ -91,7 +91,7 @@ def _kill_9_and_resume(tmp_path, kills):
     """kill -9 at each moment of `kills` ("save": inside a checkpoint save, widened by
     --slow_save; "step": between steps), restarting after each; the resumed run must end with
     an uninterrupted run's weights."""
-    steps, slow = 14, 1.0
+    steps, slow = 14, 2.0
     full = run_worker(tmp_path / "full", steps, "default", "--drop=0.2")
     model_dir = tmp_path / "killed"
     history, saving = model_dir / "history.jsonl", model_dir / "saving"
@@ -104,7 +104,7 @@ def _kill_9_and_resume(tmp_path, kills):
         if where == "save":  # a save beyond step 2, so the first kill leaves a checkpoint behind
             _wait_for(proc, lambda: len(_lines(saving)) > saves
                       and int(_lines(saving)[-1].rsplit("-", 1)[1]) >= 4, "a checkpoint save")
-            time.sleep(rng.uniform(0, 0.6 * slow))  # inside the save's window, with room for delays
+            time.sleep(rng.uniform(0, 0.6))  # inside the save's 2 s window, 1.4 s left for delays
         else:
             _wait_for(proc, lambda: len(_lines(history)) > trained + 1, "a trained step")
             time.sleep(rng.uniform(0, 0.3))
