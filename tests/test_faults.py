@@ -95,41 +95,44 @@ def history_steps(model_dir):
         return [json.loads(line)["step"] for line in f if line.endswith("\n")]
 
 
+CALL = 200  # steps per compiled call of the signalled runs
+
+
 def signal_mid_loop(model_dir, signum):
-    """Starts a 1200-step CLI run (400 steps per compiled call) and sends `signum` inside its
-    second call; returns (the command, the finished process, its output)."""
-    cmd = train_command(model_dir, "--train_steps=1200", "--steps_per_execution=400",
+    """Starts a 3 * CALL-step CLI run (CALL steps per compiled call) and sends `signum` inside
+    its second call; returns (the command, the finished process, its output)."""
+    cmd = train_command(model_dir, f"--train_steps={3 * CALL}", f"--steps_per_execution={CALL}",
                         "--override=checkpoint_every_steps=100000")
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.time() + 300
-    while 400 not in history_steps(model_dir):
+    while CALL not in history_steps(model_dir):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() < deadline, "the first loop never finished"
         time.sleep(0.1)
-    time.sleep(0.3)  # inside the second compiled call (3-9 s long here, 8-23 ms a step)
+    time.sleep(0.3)  # inside the second compiled call (1.6-4.6 s long here, 8-23 ms a step)
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     return cmd, proc, out
 
 
 def test_sigterm_saves_at_the_current_step_and_the_same_command_resumes(tmp_path):
-    """A real SIGTERM mid-loop (400 steps per compiled call): the loop stops at the next step,
+    """A real SIGTERM mid-loop (CALL steps per compiled call): the loop stops at the next step,
     saves there, exits 143; rerunning the same command restores that step and finishes."""
     model_dir = str(tmp_path / "m")
     cmd, proc, out = signal_mid_loop(model_dir, signal.SIGTERM)
     assert proc.returncode == 143, out[-3000:]
     saved = tf.train.latest_checkpoint(model_dir)
     step = int(saved.rsplit("-", 1)[1])
-    assert 400 < step < 800, out[-2000:]  # not at a loop boundary: stopped inside the call
+    assert CALL < step < 2 * CALL, out[-2000:]  # not at a loop boundary: stopped in the call
     assert f"SIGTERM at step {step}: saved {saved}" in out
     assert "Traceback" not in out
-    assert history_steps(model_dir) == [400, step]
+    assert history_steps(model_dir) == [CALL, step]
 
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Restored {saved} (step {step})" in again.stderr
-    assert history_steps(model_dir) == [400, step, step + 400, 1200]
+    assert history_steps(model_dir) == [CALL, step, step + CALL, 3 * CALL]
 
 
 def test_the_sigterm_watcher_puts_the_previous_handler_back():
