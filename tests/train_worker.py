@@ -1,7 +1,7 @@
 """A tiny, deterministic training run, driven by the tests in subprocesses.
 
     python tests/train_worker.py MODEL_DIR STEPS STRATEGY [--cpus N] [--ckpt_every K] [--log]
-        [--slow_save S]
+        [--slow_save S] [--then_overflow N]
 
 Writes MODEL_DIR/result.json: per-step losses (from history.jsonl), the final step, and the
 final weights (as lists) so runs can be compared. Data: fixed random images from a seed,
@@ -72,6 +72,10 @@ def main():
                    help="widen each checkpoint save: after its files are written and before the "
                         "'checkpoint' state file names it, write MODEL_DIR/saving (the "
                         "checkpoint's path) and sleep this long, so a kill can land inside")
+    p.add_argument("--then_overflow", type=int, default=0,
+                   help="float16: after the run, set the loss scale to 2^24 (an overflow) and "
+                        "train N more steps with the same compiled step; its outcome goes to "
+                        "result.json's 'overflow'")
     a = p.parse_args()
     if a.slow_save:
         slow_saves(a.model_dir, a.slow_save)
@@ -119,6 +123,23 @@ def main():
         with open(tmp, "w") as f:
             json.dump(out, f)
         os.replace(tmp, os.path.join(a.model_dir, "result.json"))
+    if a.then_overflow:
+        trainer.loss_scale.scale.assign(2.0 ** 24)
+        trainer.manager.save(checkpoint_number=a.steps)  # train() restores the latest first
+        before = int(trainer.loss_scale.skipped.numpy())
+        trainer.train(total_steps=a.steps + a.then_overflow)
+        if trainer.is_chief:
+            with open(os.path.join(a.model_dir, "history.jsonl")) as f:
+                records = [json.loads(line) for line in f][len(out["losses"]):]
+            out["overflow"] = {
+                "step": int(trainer.optimizer.iterations.numpy()),
+                "skipped_steps": int(trainer.loss_scale.skipped.numpy()) - before,
+                "loss_scale": float(trainer.loss_scale.scale.numpy()),
+                "losses": [r["loss"] for r in records],
+                "finite": all(bool(np.isfinite(w.numpy()).all()) for w in trainer.model.weights)}
+            with open(tmp, "w") as f:
+                json.dump(out, f)
+            os.replace(tmp, os.path.join(a.model_dir, "result.json"))
     return 0
 
 
