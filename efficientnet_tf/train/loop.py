@@ -457,7 +457,8 @@ class Trainer:
         if "loss_scale" in rec:
             line += f" loss scale {rec['loss_scale']:g}"
             if rec["skipped_steps"]:
-                line += f" ({rec['skipped_steps']} steps skipped on overflow)"
+                n = rec["skipped_steps"]
+                line += f" ({n} step{'s' * (n != 1)} skipped on overflow)"
         if rec.get("skipped_records"):
             line += f" skipped {rec['skipped_records']} bad images"
         if "eval" in rec:
