@@ -38,7 +38,7 @@ def test_float16_skips_an_overflowing_step_counts_it_and_resumes_with_its_loss_s
     trainer = Trainer(_float16_config(8), model_dir, num_train_examples=64, log=lines.append)
     assert trainer.model.get_layer("stem_conv").compute_dtype == "float16"
     assert trainer.model.get_layer("stem_conv").kernel.dtype == "float32"
-    trainer.train()
+    trainer.train(eval_every_steps=4)
     skipped = int(trainer.loss_scale.skipped.numpy())
     assert skipped >= 1  # the forced overflow
     # Halved once per skipped step, never raised (far fewer than 2000 good steps).
@@ -53,6 +53,11 @@ def test_float16_skips_an_overflowing_step_counts_it_and_resumes_with_its_loss_s
     assert history[-1]["skipped_steps"] == skipped and history[-1]["step"] == 8
     assert history[-1]["loss_scale"] == HIGH_SCALE / 2 ** skipped
     assert np.isfinite(history[-1]["loss"])
+    # Evaluated where the updates crossed step 4 and at the end, not after the first call,
+    # whose skipped steps left it short of 4.
+    assert history[0]["step"] < 4 and "eval" not in history[0]
+    evaluated = [rec["step"] for rec in history if "eval" in rec]
+    assert len(evaluated) == 2 and 4 <= evaluated[0] < 8 and evaluated[1] == 8, evaluated
     tags = _summaries(model_dir)
     assert tags["train/skipped_steps"][-1] == skipped and "train/loss_scale" in tags
 

@@ -370,7 +370,10 @@ class Trainer:
             if step - last_ckpt >= ckpt_every or step >= total_steps:
                 self._save(step)
                 last_ckpt = step
-            if eval_every_steps and (step % eval_every_steps < n or step >= total_steps):
+            # A multiple of eval_every_steps crossed by the updates of this call (skipped
+            # float16 steps are not updates), or the end.
+            if eval_every_steps and (step // eval_every_steps > before // eval_every_steps
+                                     or step >= total_steps):
                 rec["eval"] = self.evaluate()
                 with writer.as_default(step=step):
                     for key, value in rec["eval"].items():
