@@ -155,10 +155,10 @@ def _main(argv):
 
 
 def entry():
-    from absl import app
+    from efficientnet_tf import cli
 
     _define_flags()
-    app.run(_main)
+    cli.run(_main, __name__)
 
 
 if __name__ == "__main__":

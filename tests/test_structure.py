@@ -12,7 +12,7 @@ PKG = os.path.join(REPO, "efficientnet_tf")
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = {
-    "basics": {"constants", "spec", "scaling", "modelspec", "config", "fileio", "rundir"},
+    "basics": {"constants", "spec", "scaling", "modelspec", "config", "fileio", "rundir", "cli"},
     "data": {"data"},
     "model": {"layers", "builder", "model", "weights", "profile", "imagenet", "ema", "factory",
               "recipe", "recompute"},
@@ -21,9 +21,10 @@ LAYERS = {
     "entry points": {"demo", "evaluate", "predict"},
 }
 ORDER = list(LAYERS)
-PURE = {"constants", "spec", "scaling", "modelspec", "config", "fileio", "rundir"}  # no TensorFlow / Keras at import time
+PURE = {"constants", "spec", "scaling", "modelspec", "config", "fileio", "rundir", "cli"}  # no TensorFlow / Keras at import time
 FLAG_FILES = {"train/main.py", "export/__main__.py", "data/convert.py", "train/__main__.py",
-              "weights/__main__.py", "evaluate.py", "predict.py", "research/__main__.py"}
+              "weights/__main__.py", "evaluate.py", "predict.py", "research/__main__.py",
+              "cli.py"}
 
 
 def _layer(top: str) -> str:

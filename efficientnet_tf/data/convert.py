@@ -644,10 +644,10 @@ def _main(argv: list[str]) -> int:
 
 
 def entry():
-    from absl import app
+    from efficientnet_tf import cli
 
     _define_flags()
-    app.run(lambda argv: sys.exit(_main(argv)))
+    cli.run(lambda argv: sys.exit(_main(argv)), __name__)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import sys
 
 from absl import app, flags
 
+from efficientnet_tf import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -106,7 +108,7 @@ def main(argv):
 
 def entry():
     _define_flags()
-    app.run(main)
+    cli.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,9 @@ def run(command: str, fv) -> None:
 def main(argv) -> int:
     fv = flags.FlagValues()
     define_flags(fv)
+    if {"-h", "--help", "-help", "--helpfull", "--helpshort"} & set(argv[1:]):
+        print(f"{__doc__}\nFlags:\n{fv.get_help()}")
+        return 0
     try:
         rest = fv(list(argv))
     except flags.Error as e:

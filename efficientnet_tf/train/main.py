@@ -9,8 +9,9 @@ import contextlib
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from efficientnet_tf import cli
 from efficientnet_tf import config as cfglib  # light: no TensorFlow until the job starts
 from efficientnet_tf.weights.download import URL_ENV, WeightsDownloadError
 from efficientnet_tf.weights.published import CHECKPOINTS_URL_ENV
@@ -274,7 +275,7 @@ def _label_names(data_dir):
 
 def entry():
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
 
 
 if __name__ == "__main__":
