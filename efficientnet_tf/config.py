@@ -501,7 +501,8 @@ def _migrate(values: dict, where: str) -> dict:
     if "use_bfloat16" in values:  # the older precision switch
         value = values.pop("use_bfloat16")
         precision = _precision_of_use_bfloat16(value, where)
-        if "precision" in values and values["precision"] != precision:
+        if "precision" in values and not _bfloat16_switch_agrees(
+                {"use_bfloat16": precision, "precision": values["precision"]}):
             _fail(f"use_bfloat16 ({value}) and precision ({values['precision']}) differ in "
                   f"{where}; give precision alone (float32, bfloat16 or float16).")
         values.setdefault("precision", precision)
@@ -510,6 +511,13 @@ def _migrate(values: dict, where: str) -> dict:
 
 def _precision_of_use_bfloat16(value, where: str) -> str:
     return "bfloat16" if _coerce(value, bool, f"use_bfloat16 in {where}") else "float32"
+
+
+def _bfloat16_switch_agrees(given: dict) -> bool:
+    """{"use_bfloat16": its precision, "precision": ...}: true = bfloat16 alone, false = not
+    bfloat16 (float32 or float16: an older script's --nouse_bfloat16 beside --precision=float16)."""
+    switch, precision = given["use_bfloat16"], given["precision"]
+    return precision == switch or (switch == "float32" and precision == "float16")
 
 
 def config_from_dict(values: dict, where: str = "<dict>") -> TrainConfig:
@@ -629,8 +637,14 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str],
         # The last override of a key wins (flags first, then --override); an older name and
         # the current one that disagree are refused.
         if key in set_keys and set_keys[key][0] != spelled and set_keys[key][1] != parsed:
-            _fail(f"Overrides give {key} two values that differ: {set_keys[key][1]!r} (as "
-                  f"{set_keys[key][0]}) and {parsed!r} (as {spelled}); give it once.")
+            given = {set_keys[key][0]: set_keys[key][1], spelled: parsed}
+            if key == "precision" and _bfloat16_switch_agrees(given):
+                parsed = given["precision"]  # use_bfloat16=false beside precision=float16
+            else:
+                _fail(f"Overrides give {key} two values that differ: {set_keys[key][1]!r} (as "
+                      f"{set_keys[key][0]}) and {parsed!r} (as {spelled}); give it once"
+                      + (": precision alone (use_bfloat16 is its older spelling)."
+                         if "use_bfloat16" in given else "."))
         target[field] = parsed
         set_keys[key] = (spelled, parsed)
     old = _derived_values(config.model, config.seed, config.precision)

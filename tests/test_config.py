@@ -274,8 +274,14 @@ def test_precision_is_one_setting_and_use_bfloat16_still_reads_as_it(tmp_path):
         "mixed_float16", "float32", False)
     assert cfg.apply_overrides(b0, ["use_bfloat16=false"]).precision == "float32"
     assert cfg.apply_overrides(fp16, ["use_bfloat16=true"]).precision == "bfloat16"
-    with pytest.raises(ValueError, match="give it once"):
+    with pytest.raises(ValueError, match="give it once: precision alone"):
         cfg.apply_overrides(b0, ["use_bfloat16=true", "precision=float16"])
+    with pytest.raises(ValueError, match="give it once: precision alone"):
+        cfg.apply_overrides(b0, ["use_bfloat16=false", "precision=bfloat16"])
+    # An older script's --nouse_bfloat16 beside --precision=float16: "not bfloat16" agrees.
+    for both in (["use_bfloat16=false", "precision=float16"],
+                 ["precision=float16", "use_bfloat16=false"]):
+        assert cfg.apply_overrides(b0, both).precision == "float16"
     # A config.yaml written before `precision` existed.
     old = tmp_path / "old.yaml"
     old.write_text("use_bfloat16: true\ntrain_batch_size: 64\n")
@@ -283,6 +289,8 @@ def test_precision_is_one_setting_and_use_bfloat16_still_reads_as_it(tmp_path):
     old.write_text("use_bfloat16: true\nprecision: float16\n")
     with pytest.raises(ValueError, match="use_bfloat16 .True. and precision .float16. differ"):
         cfg.load_config(str(old))
+    old.write_text("use_bfloat16: false\nprecision: float16\n")
+    assert cfg.load_config(str(old)).precision == "float16"
     assert "use_bfloat16" not in cfg.dump_config(fp16) and "precision: float16" in cfg.dump_config(fp16)
 
 
