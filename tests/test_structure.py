@@ -224,3 +224,28 @@ def test_the_index_check_finds_a_missing_row_and_a_missing_file():
     text = text.replace("| `modelspec.py` | test_modelspec.py |", "").replace(
         "| `rundir.py` | test_rundir.py |", "| `rundir.py` | test_nothing_here.py |")
     assert _index_problems(text) == (["modelspec.py"], ["test_nothing_here.py"])
+
+
+def _named_tests_missing(text: str) -> list:
+    """`tests/<file>.py::<name>` references in text whose test function does not exist."""
+    missing = []
+    for path, name in sorted(set(re.findall(r"tests/(test_\w+\.py)::(\w+)", text))):
+        full = os.path.join(REPO, "tests", path)
+        source = open(full, encoding="utf8").read() if os.path.isfile(full) else ""
+        if not re.search(rf"^def {name}\(", source, re.M):
+            missing.append(f"tests/{path}::{name}")
+    return missing
+
+
+def test_tests_named_in_the_docs_exist():
+    """The README and docs/ name tests as evidence (the fault-tolerance table): a renamed or
+    removed test must not leave its name behind."""
+    pages = [os.path.join(REPO, "README.md")] + [
+        os.path.join(REPO, "docs", f) for f in sorted(os.listdir(os.path.join(REPO, "docs")))
+        if f.endswith(".md")]
+    text = "\n".join(open(p, encoding="utf8").read() for p in pages)
+    assert len(re.findall(r"tests/test_\w+\.py::\w+", text)) > 10  # the check sees them
+    assert not _named_tests_missing(text)
+    assert _named_tests_missing("tests/test_cli.py::test_gone and "
+                                "tests/test_nothing_here.py::test_x") == [
+        "tests/test_cli.py::test_gone", "tests/test_nothing_here.py::test_x"]
