@@ -349,10 +349,15 @@ class TrainConfig:
             _fail(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         if not self.loss_scale_initial > 0:
             _fail(f"loss_scale_initial must be > 0, got {self.loss_scale_initial}.")
-        if self.accumulate_steps < 1 or self.train_batch_size % self.accumulate_steps:
-            _fail(f"accumulate_steps={self.accumulate_steps} must be >= 1 and divide "
-                  f"train_batch_size={self.train_batch_size} (each optimizer step sums "
-                  f"{self.accumulate_steps} micro-batches of train_batch_size / accumulate_steps).")
+        k, batch = self.accumulate_steps, self.train_batch_size
+        if k < 1:
+            _fail(f"accumulate_steps must be >= 1 (1: no accumulation), got {k}.")
+        if batch % k:
+            divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+            near = [max(d for d in divisors if d < k)] + [d for d in divisors if d > k][:1]
+            _fail(f"accumulate_steps={k} must divide train_batch_size={batch} (each optimizer "
+                  f"step sums k micro-batches of train_batch_size / k images): "
+                  f"{' or '.join(map(str, near))} would, or change train_batch_size.")
         derived = _derived_values(self.model, self.seed, self.precision)
         data = {k: v for k, v in derived.items()
                 if k.startswith("data.") and getattr(self.data, k[5:]) is None}

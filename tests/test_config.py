@@ -133,8 +133,11 @@ def test_overrides_convert_types():
     ("precision=float8", "precision must be one of float32, bfloat16, float16"),
     ("model.recompute=all", "model.recompute must be none or blocks"),
     ("model.recompute=true", "got 'True': it is a mode, not a switch \\(blocks = "),
-    ("accumulate_steps=3", "accumulate_steps=3 must be >= 1 and divide train_batch_size=4096"),
-    ("accumulate_steps=0", "accumulate_steps=0 must be >= 1"),
+    ("accumulate_steps=3", "accumulate_steps=3 must divide train_batch_size=4096 .*: 2 or 4 "
+                           "would, or change train_batch_size"),
+    ("accumulate_steps=5000", "accumulate_steps=5000 must divide .*: 4096 would"),
+    ("accumulate_steps=0", "accumulate_steps must be >= 1 \\(1: no accumulation\\), got 0"),
+    ("accumulate_steps=-2", "accumulate_steps must be >= 1 \\(1: no accumulation\\), got -2"),
     ("train_batch_size=none", "cannot be empty"),
     ("optimizer.name=lamb", "optimizer.name must be one of"),
     ("model=b1", "set single fields"),
