@@ -155,7 +155,9 @@ def test_a_resume_drops_history_past_the_restored_checkpoint(tmp_path):
     # The first call's img/s counts tracing: it says so, and later ETAs start after it.
     steps = [line for line in logs if line.startswith("step ")]
     assert [line.startswith("step 3/5") for line in steps] == [True, False, False]
-    assert ["(first call: includes tracing)" in line for line in steps] == [True, False, False]
+    said = "(first call: includes tracing; ETA from the next line)"
+    assert [said in line for line in steps] == [True, False, False]
+    assert [" eta " in line for line in steps] == [False, True, True]
 
 
 def test_ctrl_c_is_caught_like_sigterm_with_its_own_exit_code_and_the_handler_put_back():

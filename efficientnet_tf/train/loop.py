@@ -455,8 +455,9 @@ class Trainer:
         metrics = (f"loss {rec['loss']:.4f} acc {rec['accuracy']:.4f}" if rec["loss"] is not None
                    else "no update")
         line = (f"step {rec['step']}/{total_steps} epoch {rec['epoch']:.2f} {metrics} "
-                f"lr {rec['lr']:.5f} {rec['images_per_s']:.0f} img/s eta {eta / 60:.1f} min"
-                + (" (first call: includes tracing)" if first else ""))
+                f"lr {rec['lr']:.5f} {rec['images_per_s']:.0f} img/s "
+                + ("(first call: includes tracing; ETA from the next line)" if first else
+                   f"eta {eta / 60:.1f} min"))
         if "loss_scale" in rec:
             line += f" loss scale {rec['loss_scale']:g}"
             if rec["skipped_steps"]:
