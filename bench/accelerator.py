@@ -79,7 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help="tiny run on any backend: 32 px, batch 2, 1 warm-up + 2 steps")
     p.add_argument("--models", default="ours,keras,timm", help="subset of ours,keras,timm")
-    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="subset of float32,bfloat16")
     p.add_argument("--batch_sizes", default=None, help="inference batches (default 1,32,256)")
     p.add_argument("--train_batch", type=int, default=None, help="default 256")
     p.add_argument("--image_size", type=int, default=None, help="default 224")
@@ -101,12 +101,20 @@ def parse_args(argv=None):
             setattr(args, k, v)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
-    bad = set(args.models) - set(MODELS) or set(args.dtypes) - set(DTYPES)
-    if bad:
-        p.error(f"unknown: {sorted(bad)}")
-    if min(args.steps, args.repeats, args.warmup) < 1:
-        p.error("--steps, --repeats and --warmup must be >= 1")
+    try:
+        args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--batch_sizes takes integers separated by commas, e.g. 1,32,256; got "
+                f"{args.batch_sizes!r}")
+    for flag, given, known in (("--models", args.models, MODELS),
+                               ("--dtypes", args.dtypes, DTYPES)):
+        if not given or set(given) - set(known):
+            p.error(f"{flag} takes a subset of {','.join(known)}; got "
+                    f"{','.join(given) or 'nothing'}")
+    if min(args.steps, args.repeats, args.warmup, args.train_batch, args.image_size,
+           *args.batch_sizes) < 1 or not args.batch_sizes:
+        p.error("--steps, --repeats, --warmup, --train_batch, --image_size and every "
+                "--batch_sizes value must be >= 1")
     return args
 
 

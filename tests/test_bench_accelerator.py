@@ -122,3 +122,20 @@ def test_full_run_refuses_a_cpu_backend(tmp_path):
     assert set(rows) == {("train", "float32", 256), ("infer", "float32", 1)}
     assert all(r["status"] == "error" and "JAX sees no GPU" in r["error"]
                for r in rows.values()), rows
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dtypes", "float16"], "--dtypes takes a subset of float32,bfloat16; got float16"),
+    (["--models", "ours,foo"], "--models takes a subset of ours,keras,timm; got ours,foo"),
+    (["--models", ","], "--models takes a subset of ours,keras,timm; got nothing"),
+    (["--batch_sizes", "1,0"], "every --batch_sizes value must be >= 1"),
+    (["--batch_sizes", "x"], "--batch_sizes takes integers separated by commas"),
+    (["--train_batch", "0"], "--train_batch, --image_size and every"),
+])
+def test_bad_arguments_name_the_flag_and_what_it_takes(flags, message, capsys):
+    spec = importlib.util.spec_from_file_location("accelerator_args", SCRIPT)
+    accelerator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accelerator)  # argparse only: no JAX, Keras or torch at import
+    with pytest.raises(SystemExit) as e:
+        accelerator.parse_args(["--output_dir", "x", "--smoke", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
