@@ -276,6 +276,8 @@ def test_batch_and_tf_config_errors_say_what_to_change():
     (["--config=efficientnet-b0", "--use_synthetic_data", "--override=model.model_name=efficientnet-b9"],
      "Unknown EfficientNet variant"),
     (["--config=fashion_mnist", "--data_dir={tmp}/empty"], "train-*"),
+    (["--config=fashion_mnist", "--data_dir={tmp}/empty", "--mode=train"],
+     "or synthetic data (data.synthetic=true; --use_synthetic_data on the command line)"),
     (["--config=fashion_mnist", "--use_synthetic_data", "--train_batch_size=0"], "batch"),
     (["--config=fashion_mnist", "--train_batch_size=6", "--override=accumulate_steps=4"],
      "(in fashion_mnist with --train_batch_size=6 --override=accumulate_steps=4)"),
@@ -289,6 +291,7 @@ def test_entry_point_stops_at_start_up_with_a_clear_message(tmp_path, args, mess
                           text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error:" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "m").exists()  # refused before anything was written
 
 
 

@@ -44,6 +44,17 @@ def _tfds_name_and_dir(data_dir: str) -> tuple[str, str | None]:
     return name, tfds_dir or None
 
 
+def check_source(config: DataConfig, splits=("train", "validation")) -> None:
+    """The checks build_dataset makes of a TFRecord folder (its dataset_info.json, every split's
+    files whole), for a start-up check before anything is written; nothing for synthetic or
+    tfds: data."""
+    if config.synthetic or not config.data_dir or config.data_dir.startswith("tfds:"):
+        return
+    check_dataset_info(config)
+    for split in splits:
+        _checked_files(config, split)
+
+
 def list_files(config: DataConfig, split: str) -> list[str]:
     """Sorted TFRecord files of a split; ValueError naming pattern and folder when none match
     or when shards are missing (check_complete)."""
@@ -59,7 +70,7 @@ def _checked_files(config: DataConfig, split: str) -> tuple[list[str], list[int]
             f"no {split} files match {pattern!r} in {config.data_dir!r}. Make TFRecords with "
             f"`python -m efficientnet_tf.data.convert --output_dir={config.data_dir} "
             "(--train_dir=... | --idx_dir=...)`, set the file pattern, use data_dir='tfds:<name>' "
-            "or synthetic=True.")
+            "or synthetic data (data.synthetic=true; --use_synthetic_data on the command line).")
     return files, check_complete(config.data_dir, pattern, files)
 
 

@@ -152,6 +152,11 @@ def run():
     if FLAGS.export_dir:
         check_writable_dir(FLAGS.export_dir, "--export_dir")
     config, convert_data = plan_finetuning(config, FLAGS.model_dir)
+    if not convert_data:  # else the records are made under the run's lock, then read
+        from efficientnet_tf.data.pipeline import check_source
+
+        check_source(config.data, ("train", "validation") if FLAGS.mode == "train_and_eval"
+                     else ("train",))
     changes = rundir.check_config(config)
     strategy = make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.tpu_zone, FLAGS.gcp_project)
     from efficientnet_tf.train.loop import Trainer, _is_chief
