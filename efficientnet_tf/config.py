@@ -506,8 +506,7 @@ def _migrate(values: dict, where: str) -> dict:
     if "use_bfloat16" in values:  # the older precision switch
         value = values.pop("use_bfloat16")
         precision = _precision_of_use_bfloat16(value, where)
-        if "precision" in values and not _bfloat16_switch_agrees(
-                {"use_bfloat16": precision, "precision": values["precision"]}):
+        if "precision" in values and not _bfloat16_switch_agrees(precision, values["precision"]):
             _fail(f"use_bfloat16 ({value}) and precision ({values['precision']}) differ in "
                   f"{where}; give precision alone (float32, bfloat16 or float16).")
         values.setdefault("precision", precision)
@@ -518,10 +517,10 @@ def _precision_of_use_bfloat16(value, where: str) -> str:
     return "bfloat16" if _coerce(value, bool, f"use_bfloat16 in {where}") else "float32"
 
 
-def _bfloat16_switch_agrees(given: dict) -> bool:
-    """{"use_bfloat16": its precision, "precision": ...}: true = bfloat16 alone, false = not
-    bfloat16 (float32 or float16: an older script's --nouse_bfloat16 beside --precision=float16)."""
-    switch, precision = given["use_bfloat16"], given["precision"]
+def _bfloat16_switch_agrees(switch: str, precision: str) -> bool:
+    """Whether use_bfloat16 (read as a precision: _precision_of_use_bfloat16) agrees with
+    precision: true = bfloat16 alone, false = not bfloat16 (float32, or float16: an older
+    script's --nouse_bfloat16 beside --precision=float16)."""
     return precision == switch or (switch == "float32" and precision == "float16")
 
 
@@ -643,7 +642,8 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str],
         # the current one that disagree are refused.
         if key in set_keys and set_keys[key][0] != spelled and set_keys[key][1] != parsed:
             given = {set_keys[key][0]: set_keys[key][1], spelled: parsed}
-            if key == "precision" and _bfloat16_switch_agrees(given):
+            if key == "precision" and _bfloat16_switch_agrees(given["use_bfloat16"],
+                                                              given["precision"]):
                 parsed = given["precision"]  # use_bfloat16=false beside precision=float16
             else:
                 _fail(f"Overrides give {key} two values that differ: {set_keys[key][1]!r} (as "
